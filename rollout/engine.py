@@ -1,0 +1,236 @@
+"""Generation engines: one turn for a batch of contexts.
+
+The interface is narrow on purpose, so that a vLLM engine drops in beside the transformers one:
+``generate(requests, sampling) -> generations``, where a request is a prompt as token ids plus
+its multimodal tensors, and a generation carries the sampled token ids, the log-prob of each
+under the policy and which tokens the think budget forced.
+
+Log-probs are ``log_softmax(logits / temperature)`` of the full distribution (before top-k /
+top-p truncation), the quantity verl's actor recomputes as ``old_log_prob``
+(``verl/workers/actor/dp_actor.py``), so rollout and learner agree on the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from streamreason.errors import ConfigError
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling for rollouts (ThinkStream: T=1.0, top_k 50, top_p 0.95).
+
+    Attributes:
+        temperature: 0 means greedy.
+        top_p: nucleus mass; 1.0 disables.
+        top_k: 0 disables.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 50
+
+
+@dataclass(frozen=True)
+class ThinkBudget:
+    """Force the think span closed after ``budget`` think tokens (ThinkStream, SEEDS.md).
+
+    Attributes:
+        open_ids: token ids of the think open tag.
+        close_ids: token ids of the think close tag, forced one per step once the budget is spent.
+        budget: think tokens allowed after the open tag (0 disables).
+    """
+
+    open_ids: tuple[int, ...]
+    close_ids: tuple[int, ...]
+    budget: int
+
+    def forced(self, generated: list[int]) -> list[bool]:
+        """For each generated position, whether the budget forced it.
+
+        Once ``budget`` tokens follow the open tag without the close tag, the next
+        ``len(close_ids)`` positions are forced to the close tag's tokens.
+        """
+        out, n_open, since_open, closed = [], len(self.open_ids), None, False
+        for i in range(len(generated)):
+            forced = not closed and since_open is not None and since_open >= self.budget > 0
+            out.append(forced)
+            if since_open is None:
+                if n_open and tuple(generated[max(0, i + 1 - n_open) : i + 1]) == self.open_ids:
+                    since_open = 0
+            elif not closed:
+                since_open += 1
+                tail = tuple(generated[max(0, i + 1 - len(self.close_ids)) : i + 1])
+                closed = tail == self.close_ids
+        return out
+
+    def next_forced(self, generated: list[int]) -> int | None:
+        """The token the budget forces at the next step, or None."""
+        if self.budget <= 0:
+            return None
+        forced = self.forced(generated + [-1])
+        if not forced[-1]:
+            return None
+        after = len(generated) - _index_after(generated, self.open_ids)
+        return self.close_ids[min(after - self.budget, len(self.close_ids) - 1)]
+
+
+def _index_after(seq: list[int], sub: tuple[int, ...]) -> int:
+    """Index just after the first occurrence of ``sub`` in ``seq``."""
+    n = len(sub)
+    for i in range(len(seq) - n + 1):
+        if tuple(seq[i : i + n]) == sub:
+            return i + n
+    raise ValueError("sub-sequence not found")
+
+
+@dataclass
+class GenerationRequest:
+    """One context to continue.
+
+    Attributes:
+        prompt_ids: token ids ``[P]``.
+        mm_token_type_ids: modality per prompt token ``[P]`` (0 text, 1 image, 2 video).
+        mm_inputs: the prompt's multimodal tensors (``pixel_values_videos``,
+            ``video_grid_thw``, ...), videos concatenated in prompt order; {} for text only.
+    """
+
+    prompt_ids: list[int]
+    mm_token_type_ids: list[int]
+    mm_inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Generation:
+    """One generated turn.
+
+    Attributes:
+        token_ids: generated ids ``[R]``, the end-of-turn token included when generated.
+        logprobs: float ``[R]``, log-prob of each token under the temperature-scaled policy.
+        forced: bool ``[R]``, tokens forced by the think budget (not sampled).
+        finish_reason: ``"stop"`` (end-of-turn token) or ``"length"`` (max_new_tokens).
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    forced: list[bool]
+    finish_reason: str
+
+
+class Engine:
+    """Base class of generation engines."""
+
+    def generate(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig, max_new_tokens: int,
+        think_budget: ThinkBudget | None = None,
+    ) -> list[Generation]:  # fmt: skip
+        """One turn for each request, in order."""
+        raise NotImplementedError
+
+
+_ENGINES: dict[str, type[Engine]] = {}
+
+
+def register_engine(name: str):
+    """Class decorator registering an :class:`Engine` subclass under ``name``."""
+
+    def wrap(cls):
+        _ENGINES[name] = cls
+        return cls
+
+    return wrap
+
+
+def make_engine(name: str, **kwargs) -> Engine:
+    """Instantiate the engine registered as ``name``.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    if name not in _ENGINES:
+        raise ConfigError(f"engine.name={name!r} is not registered; choose one of {sorted(_ENGINES)}")
+    return _ENGINES[name](**kwargs)
+
+
+class _ThinkBudgetProcessor:
+    """transformers LogitsProcessor applying a :class:`ThinkBudget` per row."""
+
+    def __init__(self, budget: ThinkBudget, prompt_len: int):
+        self.budget, self.prompt_len = budget, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()  # generate() keeps the unprocessed tensor as the raw logits
+        for row, ids in enumerate(input_ids[:, self.prompt_len :].tolist()):
+            token = self.budget.next_forced(ids)
+            if token is not None:
+                scores[row] = torch.finfo(scores.dtype).min
+                scores[row, token] = 0.0
+        return scores
+
+
+@register_engine("transformers")
+class TransformersEngine(Engine):
+    """Batched generation with ``model.generate`` (CPU or one GPU).
+
+    Args:
+        model: a Qwen-VL ``...ForConditionalGeneration`` model.
+        tokenizer: its tokenizer (pad and end-of-turn ids).
+        max_batch_size: contexts per ``generate`` call.
+        seed: seeds torch's global generator once, at construction (None: left as is).
+    """
+
+    def __init__(self, model, tokenizer, max_batch_size: int = 64, seed: int | None = None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.pad_id = tokenizer.pad_token_id
+        self.end_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    @torch.no_grad()
+    def generate(self, requests, sampling, max_new_tokens, think_budget=None):
+        out: list[Generation] = []
+        for i in range(0, len(requests), self.max_batch_size):
+            out.extend(self._generate(requests[i : i + self.max_batch_size], sampling, max_new_tokens, think_budget))
+        return out
+
+    def _generate(self, requests, sampling, max_new_tokens, think_budget):
+        device = self.model.device
+        width = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        types = torch.zeros_like(ids)
+        mask = torch.zeros_like(ids)
+        for row, r in enumerate(requests):  # left padding: generation continues every row at its end
+            n = len(r.prompt_ids)
+            ids[row, width - n :] = torch.tensor(r.prompt_ids)
+            types[row, width - n :] = torch.tensor(r.mm_token_type_ids)
+            mask[row, width - n :] = 1
+        mm = {}
+        for key in {k for r in requests for k in r.mm_inputs}:
+            mm[key] = torch.cat([r.mm_inputs[key] for r in requests if key in r.mm_inputs]).to(device)
+        greedy = sampling.temperature <= 0
+        processors = [_ThinkBudgetProcessor(think_budget, width)] if think_budget and think_budget.budget > 0 else []
+        res = self.model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), mm_token_type_ids=types.to(device), **mm,
+            do_sample=not greedy, temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy or sampling.top_p >= 1.0 else sampling.top_p,
+            top_k=None if greedy or sampling.top_k <= 0 else sampling.top_k,
+            max_new_tokens=max_new_tokens, eos_token_id=self.end_ids, pad_token_id=self.pad_id,
+            logits_processor=processors, output_logits=True, return_dict_in_generate=True,
+        )  # fmt: skip
+        new = res.sequences[:, width:].cpu()
+        logits = torch.stack(res.logits, dim=1).float().cpu()  # [batch, steps, vocab]
+        scale = 1.0 if greedy else sampling.temperature
+        logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, new[..., None])[..., 0]
+        out = []
+        for row in range(len(requests)):
+            toks = new[row].tolist()
+            stop = next((j for j, t in enumerate(toks) if t in self.end_ids), None)
+            n = len(toks) if stop is None else stop + 1
+            toks = toks[:n]
+            forced = think_budget.forced(toks) if think_budget else [False] * n
+            out.append(Generation(toks, logprobs[row, :n].tolist(), forced, "length" if stop is None else "stop"))
+        return out

@@ -1,0 +1,198 @@
+"""Turn protocols: what the policy is told to output after each chunk, and the parser.
+
+A protocol owns the system prompt, the text of a user turn (time marker and queries) and the
+parser of one assistant turn. Two are registered:
+
+* ``watch_think_speak`` (ThinkStream, SEEDS.md): ``<think>...</think>`` then ``<response>text``
+  or ``<silent>``; a turn is well-formed iff it matches
+  ``^<think>.*?</think>(<response>.*|<silent>)<end>$`` (``<end>`` = the end-of-turn token).
+* ``streamo`` (Streamo's three states): ``<silent>``, ``<standby>`` (evidence is arriving) or
+  ``<response>text``, with an optional leading think span.
+
+Add one with ``@register_protocol("name")`` on a :class:`Protocol` subclass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from streamreason.errors import ConfigError
+from streamreason.types import Query
+
+
+@dataclass(frozen=True)
+class ParsedTurn:
+    """One assistant turn, parsed.
+
+    Attributes:
+        action: ``"response"``, ``"silent"``, ``"standby"`` or ``"invalid"``.
+        think: text inside the think span, or None.
+        response: stripped text after ``<response>`` when ``action == "response"``.
+        format_ok: the turn matched the protocol's format exactly, end-of-turn included.
+        errors: what was wrong, in words (empty when ``format_ok``).
+    """
+
+    action: str
+    think: str | None
+    response: str | None
+    format_ok: bool
+    errors: tuple[str, ...] = ()
+
+
+@dataclass
+class ProtocolConfig:
+    """Protocol and per-turn generation limits.
+
+    Attributes:
+        name: registered protocol name.
+        think_budget: think tokens after which ``</think>`` is forced (ThinkStream: 20);
+            0 disables forcing.
+        max_new_tokens: generated tokens per turn, forced ones included (ThinkStream: 30).
+    """
+
+    name: str = "watch_think_speak"
+    think_budget: int = 20
+    max_new_tokens: int = 30
+
+
+class Protocol:
+    """Base class: tags, prompts and the parser. Subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    think_open: ClassVar[str] = "<think>"
+    think_close: ClassVar[str] = "</think>"
+    system_prompt: ClassVar[str]
+
+    def chunk_header(self, start_s: float, end_s: float) -> str:
+        """Time marker of a chunk; it stays in the context after the chunk's video is evicted."""
+        return f"[{start_s:.1f}s-{end_s:.1f}s]"
+
+    def query_text(self, query: Query) -> str:
+        """A query as shown in the user turn of the chunk where it is asked."""
+        return f"\nQuestion (asked at {query.time_s:.1f}s): {query.text}"
+
+    def parse(self, text: str, ended: bool = True) -> ParsedTurn:
+        """Parse one assistant turn. Never raises: malformed text gives ``format_ok=False``.
+
+        Args:
+            text: the decoded turn, end-of-turn token removed.
+            ended: whether the turn ended with the end-of-turn token (not cut by max tokens).
+        """
+        raise NotImplementedError
+
+
+_PROTOCOLS: dict[str, type[Protocol]] = {}
+
+
+def register_protocol(name: str):
+    """Class decorator registering a :class:`Protocol` subclass under ``name``."""
+
+    def wrap(cls: type[Protocol]) -> type[Protocol]:
+        cls.name = name
+        _PROTOCOLS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_protocol(name: str) -> Protocol:
+    """An instance of the protocol registered as ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the registered ones).
+    """
+    if name not in _PROTOCOLS:
+        raise ConfigError(f"protocol.name={name!r} is not registered; choose one of {sorted(_PROTOCOLS)}")
+    return _PROTOCOLS[name]()
+
+
+def _split_think(text: str, open_tag: str, close_tag: str, errors: list[str]) -> tuple[str | None, str]:
+    """``(think, rest)``; records what is missing in ``errors``."""
+    stripped = text.lstrip()
+    if not stripped.startswith(open_tag):
+        errors.append(f"turn does not start with {open_tag}")
+        if close_tag in text:  # lenient: a close tag alone still delimits the think span
+            think, rest = text.split(close_tag, 1)
+            return think.replace(open_tag, "").strip(), rest
+        return None, text
+    body = stripped[len(open_tag) :]
+    if close_tag not in body:
+        errors.append(f"{open_tag} is never closed by {close_tag}")
+        return body.strip(), ""
+    think, rest = body.split(close_tag, 1)
+    return think.strip(), rest
+
+
+@register_protocol("watch_think_speak")
+class WatchThinkSpeak(Protocol):
+    """ThinkStream's Watch-Think-Speak protocol (arXiv 2603.12938)."""
+
+    system_prompt = (
+        "You are watching a video stream, one chunk at a time. After each chunk, think briefly "
+        "about what you just saw inside <think></think>. Then, if a question can be answered now, "
+        "write <response> followed by the answer; otherwise write <silent>. Answer each question "
+        "once, as soon as the video shows the answer, and never before."
+    )
+    _FORMAT = re.compile(r"^<think>.*?</think>(<response>.*|<silent>)$", re.DOTALL)
+
+    def parse(self, text: str, ended: bool = True) -> ParsedTurn:
+        if not isinstance(text, str):
+            return ParsedTurn("invalid", None, None, False, (f"turn is {type(text).__name__}, not text",))
+        errors: list[str] = []
+        think, rest = _split_think(text, self.think_open, self.think_close, errors)
+        rest_s = rest.strip()
+        if "<response>" in rest_s:
+            action, response = "response", rest_s.split("<response>", 1)[1].strip()
+            if not rest_s.startswith("<response>"):
+                errors.append("text between </think> and <response>")
+            if not response:
+                errors.append("empty <response>")
+        elif rest_s.startswith("<silent>"):
+            action, response = "silent", None
+            if rest_s != "<silent>":
+                errors.append("text after <silent>")
+        else:
+            action, response = "invalid", None
+            errors.append("no <response> or <silent> after the think span")
+        if not ended:
+            errors.append("turn cut by max_new_tokens before its end-of-turn token")
+        format_ok = ended and not errors and bool(self._FORMAT.match(text.strip()))
+        return ParsedTurn(action, think, response, format_ok, tuple(errors))
+
+
+@register_protocol("streamo")
+class Streamo(Protocol):
+    """Streamo's three states: Silence, Standby (evidence arriving), Response."""
+
+    system_prompt = (
+        "You are watching a video stream, one chunk at a time. After each chunk, optionally think "
+        "inside <think></think>, then output exactly one state: <silent> when nothing relevant is "
+        "happening, <standby> when evidence for a question is arriving but the answer is not yet "
+        "certain, or <response> followed by the answer when it can be given now."
+    )
+    _FORMAT = re.compile(r"^(<think>.*?</think>)?(<response>.+|<silent>|<standby>)$", re.DOTALL)
+
+    def parse(self, text: str, ended: bool = True) -> ParsedTurn:
+        if not isinstance(text, str):
+            return ParsedTurn("invalid", None, None, False, (f"turn is {type(text).__name__}, not text",))
+        errors: list[str] = []
+        think, rest = None, text
+        if self.think_open in text or self.think_close in text:
+            think, rest = _split_think(text, self.think_open, self.think_close, errors)
+        rest_s = rest.strip()
+        response = None
+        if rest_s.startswith("<response>"):
+            action, response = "response", rest_s[len("<response>") :].strip()
+            if not response:
+                errors.append("empty <response>")
+        elif rest_s in ("<silent>", "<standby>"):
+            action = rest_s[1:-1]
+        else:
+            action = "invalid"
+            errors.append("output is not one of <silent>, <standby>, <response>text")
+        if not ended:
+            errors.append("turn cut by max_new_tokens before its end-of-turn token")
+        format_ok = ended and not errors and bool(self._FORMAT.match(text.strip()))
+        return ParsedTurn(action, think, response, format_ok, tuple(errors))

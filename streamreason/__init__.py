@@ -1,0 +1,1 @@
+"""streamreason: RL post-training for streaming video reasoning."""

@@ -1,0 +1,5 @@
+"""``python -m streamreason``: the command line."""
+
+from streamreason.cli import main
+
+main()

@@ -1,0 +1,237 @@
+"""The ``streamreason`` command line.
+
+    streamreason model tiny OUT_DIR
+    streamreason data synth OUT_DIR --n N --seed S
+    streamreason rollout --model DIR --video PATH --query "..." [--at SECONDS] [key=value ...]
+    streamreason rollout --model DIR --data FILE.jsonl --out OUT.jsonl [key=value ...]
+
+Every command accepts ``--recipe FILE`` and trailing ``key=value`` overrides where a config
+applies; bad input ends with a one-line ``error:`` naming the file, row or key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from streamreason.errors import StreamReasonError
+
+
+def _cmd_model_tiny(args) -> None:
+    from streamreason.modeling import build_tiny_model
+
+    out = build_tiny_model(args.out_dir, seed=args.seed)
+    print(f"tiny model written to {out}")
+
+
+def _cmd_data_synth(args) -> None:
+    from streamreason.envs.synthetic import synthesize
+
+    out = synthesize(args.out_dir, n=args.n, seed=args.seed)
+    print(f"{args.n} streams written to {out}")
+
+
+def _rollout_stack(cfg):
+    """Model, encoder and engine for ``cfg`` (shared by the rollout command)."""
+    import torch
+
+    from streamreason.modeling import load_policy
+    from streamreason.rollout.chat import ChatEncoder
+    from streamreason.rollout.engine import make_engine
+    from streamreason.rollout.protocol import get_protocol
+
+    device = cfg.engine.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, processor = load_policy(cfg.model, dtype=getattr(torch, cfg.engine.dtype), device=device)
+    encoder = ChatEncoder(processor, get_protocol(cfg.rollout.protocol.name))
+    engine = make_engine(
+        cfg.engine.name, model=model, tokenizer=processor.tokenizer,
+        max_batch_size=cfg.engine.max_batch_size, seed=cfg.engine.seed,
+    )  # fmt: skip
+    return encoder, engine
+
+
+def _print_turn(console, traj, turn) -> None:
+    start, end = turn.window_s
+    p = turn.parsed
+    said = f"[bold green]response:[/] {p.response}" if p.action == "response" else f"[dim]{p.action}[/]"
+    flag = "" if p.format_ok else f"  [red](format: {'; '.join(p.errors)})[/]"
+    console.print(f"[cyan][{start:6.1f}s-{end:6.1f}s][/] think: {p.think or ''!s:.80}  {said}{flag}", markup=True)
+
+
+def _cmd_rollout(args) -> None:
+    from rich.console import Console
+
+    from streamreason.config import load_config
+    from streamreason.envs.pool import EnvPool
+    from streamreason.rewards.composite import CompositeReward
+    from streamreason.rollout.loop import run_rollouts
+    from streamreason.types import Query, StreamRow, read_rows
+
+    overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
+    if args.video:  # one stream, one trajectory, in-process env unless overridden
+        overrides = ["rollout.group_size=1", "env_pool.in_process=true", *overrides]
+    cfg = load_config(args.recipe, overrides)
+    console = Console()
+    reward = CompositeReward(cfg.rewards)
+    if args.video:
+        from streamreason.envs.video import probe_video
+
+        probe_video(args.video)  # a missing or corrupt video fails here, in one line
+        if not args.query:
+            raise StreamReasonError("--video needs --query")
+        answer_at = args.answer_at if args.answer_at is not None else args.at
+        q = Query(args.query, args.at, args.answer, answer_at if args.answer is not None else None)
+        rows, bad = [StreamRow(id=Path(args.video).name, video_path=args.video, queries=[q])], []
+    else:
+        if not args.data or not args.out:
+            raise StreamReasonError("rollout needs either --video PATH --query TEXT, or --data FILE.jsonl --out OUT.jsonl")
+        if not Path(args.data).is_file():
+            raise StreamReasonError(f"data file {args.data!r} does not exist")
+        rows, bad = read_rows(args.data)
+        for e in bad:
+            console.print(f"[yellow]skipped[/] {e}")
+    encoder, engine = _rollout_stack(cfg)
+    results = []
+    with EnvPool(cfg.rollout.env, cfg.env_pool.num_workers, cfg.env_pool.in_process) as pool:
+        if args.video:
+            trajs, failures = run_rollouts(
+                rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg.rollout,
+                on_turn=lambda t, r: _print_turn(console, t, r),
+            )  # fmt: skip
+            results = [(t, reward(t.episode())) for t in trajs]
+        else:
+            from tqdm.auto import tqdm
+
+            failures = []
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w") as f, tqdm(total=len(rows), desc="rows", unit="row") as bar:
+                for i in range(0, len(rows), args.batch_rows):
+                    batch = rows[i : i + args.batch_rows]
+                    trajs, fails = run_rollouts(batch, pool=pool, engine=engine, encoder=encoder, cfg=cfg.rollout)
+                    for fail in fails:
+                        console.print(f"[yellow]skipped[/] {fail.error}")
+                    failures.extend(fails)
+                    for t in trajs:
+                        res = reward(t.episode())
+                        results.append((t, res))
+                        f.write(json.dumps(trajectory_record(t, res)) + "\n")
+                    bar.update(len(batch))
+    if not results and failures:
+        raise failures[0].error
+    _print_summary(console, results, skipped=len(bad) + len(failures), show_rewards=not args.video or args.answer)
+    if args.out:
+        console.print(f"trajectories written to {args.out}")
+
+
+def trajectory_record(traj, result) -> dict:
+    """A trajectory as one JSON-serialisable record (text level, no tensors)."""
+    from streamreason.rewards.outcomes import query_outcomes
+
+    return {
+        "row_id": traj.row.id,
+        "group_index": traj.group_index,
+        "video_path": traj.row.video_path,
+        "chunk_seconds": traj.chunk_seconds,
+        "truncated": traj.truncated,
+        "reward": None if not result.ok else result.total,
+        "components": result.components,
+        "reward_error": result.error,
+        "queries": [
+            {"text": o.query.text, "time_s": o.query.time_s, "answer": o.query.answer, "predicted": o.answer,
+             "correct": o.correct, "timing_error_s": o.timing_error_s}
+            for o in query_outcomes(traj.episode())
+        ],  # fmt: skip
+        "turns": [
+            {"chunk": t.chunk_index, "window_s": list(t.window_s), "text": t.text, "action": t.parsed.action,
+             "think": t.parsed.think, "response": t.parsed.response, "format_ok": t.parsed.format_ok,
+             "think_tokens": t.think_tokens, "response_tokens": len(t.response_ids),
+             "context_tokens": t.memory.context_tokens, "visual_tokens": t.memory.visual_tokens,
+             "shared_prefix_tokens": t.memory.shared_prefix_tokens}
+            for t in traj.turns
+        ],  # fmt: skip
+    }
+
+
+def _print_summary(console, results, skipped: int, show_rewards: bool) -> None:
+    """Reward table: mean (± std over trajectories) of the total and each component."""
+    import numpy as np
+    from rich.table import Table
+
+    from streamreason.rewards.outcomes import query_outcomes
+
+    ok = [(t, r) for t, r in results if r.ok]
+    table = Table(title=f"{len(results)} trajectories, {skipped} rows skipped, {len(results) - len(ok)} reward failures")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_column("std", justify="right")
+
+    def add(name, values):
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        if values:
+            table.add_row(name, f"{np.mean(values):.3f}", f"{np.std(values):.3f}")
+
+    if show_rewards:
+        add("reward", [r.total for _, r in ok])
+        for name in ok[0][1].components if ok else []:
+            add(f"  {name}", [r.components.get(name) for _, r in ok])
+        outcomes = [o for t, _ in ok for o in query_outcomes(t.episode())]
+        add("accuracy", [float(o.correct) for o in outcomes if o.correct is not None])
+        add("|timing error| (s)", [abs(o.timing_error_s) for o in outcomes if o.timing_error_s is not None])
+    turns = [turn for t, _ in results for turn in t.turns]
+    add("response rate (per turn)", [float(x.parsed.action == "response") for x in turns])
+    add("format ok (per turn)", [float(x.parsed.format_ok) for x in turns])
+    add("think tokens (per turn)", [x.think_tokens for x in turns])
+    add("context tokens (per turn)", [x.memory.context_tokens for x in turns])
+    console.print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamreason", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="build models").add_subparsers(dest="what", required=True)
+    tiny = model.add_parser("tiny", help="write the tiny default Qwen2.5-VL-architecture model")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_model_tiny)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="what", required=True)
+    synth = data.add_parser("synth", help="synthetic streaming tasks: MP4s + ThinkStream-format JSONL")
+    synth.add_argument("out_dir")
+    synth.add_argument("--n", type=int, required=True, help="number of streams")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_data_synth)
+
+    ro = sub.add_parser("rollout", help="watch-think-speak over a video (live transcript) or a dataset")
+    ro.add_argument("--model", help="checkpoint folder (overrides the recipe's model)")
+    ro.add_argument("--recipe", help="YAML recipe")
+    ro.add_argument("--video", help="one video file: prints a live transcript")
+    ro.add_argument("--query", help="the user's query (with --video)")
+    ro.add_argument("--at", type=float, default=0.0, help="when the query is asked, seconds (default 0)")
+    ro.add_argument("--answer", help="ground-truth answer: scores the trajectory (with --video)")
+    ro.add_argument("--answer-at", type=float, help="seconds from which --answer is correct (default --at)")
+    ro.add_argument("--data", help="JSONL of rows (ThinkStream format)")
+    ro.add_argument("--out", help="JSONL of trajectories to write (with --data)")
+    ro.add_argument("--batch-rows", type=int, default=8, help="rows rolled out together (with --data)")
+    ro.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    ro.set_defaults(func=_cmd_rollout)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except StreamReasonError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Recipes: typed OmegaConf configs, YAML files and ``key=value`` overrides.
+
+A recipe is a YAML file whose keys follow :class:`StreamReasonConfig` (each section's
+dataclass lives beside the code it configures). ``load_config(path, overrides)`` merges the
+schema's defaults, the file and the overrides; an unknown key is an error naming the key and
+the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from streamreason.errors import ConfigError, StreamReasonError
+from streamreason.rewards.composite import RewardConfig
+from streamreason.rollout.loop import RolloutConfig
+
+
+@dataclass
+class EngineConfig:
+    """Generation engine.
+
+    Attributes:
+        name: registered engine (``transformers``).
+        device: ``cpu``, ``cuda``, ``cuda:1``; ``auto`` picks CUDA when available.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        max_batch_size: contexts per generate call.
+        seed: sampler seed.
+    """
+
+    name: str = "transformers"
+    device: str = "auto"
+    dtype: str = "float32"
+    max_batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class EnvPoolConfig:
+    """Where envs run: ``num_workers`` Ray actors, or in this process (debugging)."""
+
+    num_workers: int = 2
+    in_process: bool = False
+
+
+@dataclass
+class StreamReasonConfig:
+    """A whole recipe.
+
+    Attributes:
+        model: checkpoint folder of the policy (the tiny model or any Qwen-VL checkpoint).
+        rollout: env, protocol, memory, sampling, group size.
+        engine: generation engine.
+        env_pool: env actors.
+        rewards: reward weights, parameters and custom rewards.
+    """
+
+    model: str = "models/tiny"
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    env_pool: EnvPoolConfig = field(default_factory=EnvPoolConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+
+
+def _valid_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k in node:
+        full = f"{prefix}{k}"
+        keys.append(full)
+        child = node._get_node(k)
+        if isinstance(child, DictConfig) and OmegaConf.get_type(child) not in (dict, None):
+            keys.extend(_valid_keys(child, f"{full}."))
+    return keys
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), schema: type = StreamReasonConfig
+):
+    """Build a typed config from a recipe file and ``key=value`` overrides.
+
+    Args:
+        path: YAML recipe, or None for the schema's defaults.
+        overrides: dotlist entries, e.g. ``["rollout.memory.window_chunks=8"]``.
+        schema: the dataclass the recipe follows.
+
+    Returns:
+        an instance of ``schema`` (validated by each section's ``__post_init__``).
+
+    Raises:
+        ConfigError: unknown key (naming it and the closest valid key), wrong type, bad value,
+            missing or unparsable recipe file.
+    """
+    base = OmegaConf.structured(schema)
+    layers = []
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"recipe {str(path)!r} does not exist")
+        try:
+            layers.append(("recipe " + str(path), OmegaConf.load(path)))
+        except Exception as e:  # yaml errors come in several types
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+    if overrides:
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    cfg = base
+    for where, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except ConfigKeyError as e:
+            key = e.full_key or str(e.key)
+            close = difflib.get_close_matches(key, _valid_keys(base), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r} ({where}){hint}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad value for {e.full_key!r} ({where}): {e.msg}") from None
+    try:
+        return OmegaConf.to_object(cfg)
+    except StreamReasonError:
+        raise
+    except (OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(f"invalid config: {e}") from None
+
+
+def to_yaml(cfg) -> str:
+    """The resolved config as YAML (for run directories and logs)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

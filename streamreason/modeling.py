@@ -1,0 +1,217 @@
+"""Policy models: the embedded tiny default model, and loading any Qwen-VL checkpoint.
+
+``build_tiny_model(out_dir)`` writes a complete Hugging Face checkpoint directory: a
+Qwen2.5-VL-architecture model with random weights (about 1 M parameters), a small byte-level
+BPE tokenizer carrying Qwen's special tokens and the watch-think-speak protocol tags, a ChatML
+chat template, and image/video processor configs. It loads with
+``AutoModelForImageTextToText`` / ``AutoProcessor`` (and by vLLM), so it stands in for a real
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory everywhere. Building is deterministic: the same
+arguments give byte-identical weights and tokenizer files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+from pathlib import Path
+
+import torch
+
+# Qwen2-VL's special tokens, in Qwen's id order (tokenizer_config.json of Qwen2.5-VL-*-Instruct).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]  # fmt: skip
+# The watch-think-speak tags (rollout/protocol.py) as single, non-special tokens: they decode as
+# text, so the parser sees them, and the think budget can force `</think>` in one token.
+PROTOCOL_TOKENS = ["<think>", "</think>", "<response>", "<silent>", "<standby>"]
+
+# ChatML with Qwen-VL's vision placeholders (content items {"type": "video"} / {"type": "image"}).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Deterministic training text for the tiny BPE: protocol, task vocabulary, numbers."""
+    colours = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
+    shapes = ["square", "circle", "triangle", "squares", "circles", "triangles", "shape", "object"]
+    places = ["top", "bottom", "left", "right", "center", "middle", "corner", "moves", "appears",
+              "disappears", "visible", "nothing", "new", "still", "now", "so", "far", "many"]  # fmt: skip
+    words = ["the", "a", "an", "is", "are", "was", "were", "what", "which", "when", "where", "who", "how", "many", "tell", "me", "you", "it", "this", "that", "of", "in", "on", "at", "to", "and", "or", "not", "yes", "no", "answer", "question", "options", "video", "chunk", "seconds", "second", "time", "frame", "see", "saw", "watch", "think", "speak", "respond", "response", "silent", "wait", "until", "evidence", "appeared", "has", "have", "been", "count", "colour", "color", "shape", "person", "man", "woman", "car", "dog", "cat", "ball", "door", "light", "turns", "green", "red"]
+    lines = [
+        "You are watching a video stream chunk by chunk. After each chunk, think briefly inside "
+        "<think></think>, then either answer with <response> followed by your answer, or stay <silent>.",
+        "<think>nothing new</think><silent>",
+        "<think>red square appears top left</think><response>yes",
+        "<think>2 shapes: red square, blue circle</think><response>B",
+    ]
+    for c, s, p in itertools.product(colours, shapes, places):
+        lines.append(f"Tell me when a {c} {s} appears. <think>{c} {s} {p}</think>")
+        lines.append(f"How many {c} {s} have appeared so far? What colour is the {s} now?")
+    lines.append(" ".join(words) * 4)
+    lines.append(" ".join(f"{i} {i}.0s {i}.5s [{i}.0s-{i + 1}.0s]" for i in range(200)))
+    lines.append("A. red B. green C. blue D. yellow E. none (A) (B) (C) (D) (E) A B C D E")
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE tokenizer in Qwen2's format, trained on a fixed corpus.
+
+    Args:
+        vocab_size: target size of the BPE vocabulary before special and protocol tokens.
+
+    Returns:
+        ``transformers.Qwen2Tokenizer`` with Qwen's special tokens (eos ``<|im_end|>``, pad
+        ``<|endoftext|>``), the protocol tags as added tokens and a ChatML chat template.
+    """
+    from tokenizers import Tokenizer, models, trainers
+    from transformers import Qwen2Tokenizer
+
+    proto = Qwen2Tokenizer()  # borrow Qwen2's exact normalizer, pre-tokenizer and decoder
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = proto.backend_tokenizer.normalizer
+    tok.pre_tokenizer = proto.backend_tokenizer.pre_tokenizer
+    tok.decoder = proto.backend_tokenizer.decoder
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[QWEN_SPECIAL_TOKENS[0]],
+        initial_alphabet=ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=model["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token=None, extra_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+    )  # fmt: skip
+    tokenizer.add_tokens(PROTOCOL_TOKENS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_hidden_size: int = 64,
+    vision_depth: int = 2,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 112 * 112,
+) -> Path:
+    """Write the tiny default policy to ``out_dir`` (deterministic for a seed).
+
+    Args:
+        out_dir: destination folder (created; existing files are overwritten).
+        seed: weights seed.
+        hidden_size: language model width (4 heads, 2 KV heads, MLP 2x width).
+        num_layers: language model layers.
+        vision_hidden_size, vision_depth: vision tower width and blocks (patch 14, merge 2,
+            temporal patch 2, as Qwen2.5-VL).
+        min_pixels, max_pixels: the processors' default per-frame pixel budget.
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    vocab = len(tokenizer)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    heads = 4
+    head_dim = hidden_size // heads
+    # mrope splits the rotary half-dim into (temporal, height, width) sections, as 16:24:24 in Qwen2.5-VL.
+    half = head_dim // 2
+    t_sec = half // 4
+    mrope = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=2,
+            max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+            "mrope_section": mrope}, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+            num_heads=4, out_hidden_size=hidden_size, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, tokens_per_second=2, window_size=56,
+            fullatt_block_indexes=[vision_depth - 1],
+        ),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out_dir)
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=dict(size)),
+        video_processor=Qwen2VLVideoProcessor(size=dict(size), do_sample_frames=False),
+        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+    )  # fmt: skip
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def attention_backend() -> str:
+    """``"flash_attention_2"`` when flash-attn is importable and CUDA is up, else ``"sdpa"``."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_policy(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load a Qwen-VL checkpoint directory and its processor.
+
+    Args:
+        model_dir: a folder from :func:`build_tiny_model` or any Hugging Face Qwen2-VL,
+            Qwen2.5-VL or Qwen3-VL checkpoint.
+        dtype: parameter dtype.
+        device: where to put the model.
+
+    Returns:
+        ``(model, processor)``; the model is in eval mode.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` is not a folder with a ``config.json``.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {str(model_dir)!r} has no config.json: pass a Hugging Face checkpoint folder "
+            "(build the default one with `streamreason model tiny DIR`)"
+        )
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation=attention_backend()
+    ).to(device)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return model.eval(), processor

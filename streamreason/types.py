@@ -1,0 +1,230 @@
+"""Plain data types shared by every stage: dataset rows, queries, and the text-level episode
+that reward functions score.
+
+The row format on disk is ThinkStream's RL JSONL (SEEDS.md, "RL data"), one JSON object per
+line::
+
+    {"id": "synth-000001",                       # optional; defaults to file:line
+     "video_path": "videos/000001.mp4",          # relative paths resolve against the JSONL's folder
+     "conversations": [
+        {"role": "user", "content": "Tell me when a red square appears.", "timestamp": 0.0},
+        {"role": "assistant", "content": "yes", "timestamp": 5.0}],
+     "thoughts": [{"timestamp": 0.0, "think": "a blue circle, top left"}],   # optional (SFT)
+     "task": "event_timing"}                     # optional
+
+Each user message is a query asked at ``timestamp`` (seconds from the start of the video); the
+assistant message after it holds the query's ground-truth literal answer and the time from which
+that answer is correct. Timestamps may be numbers or ``"HH:MM:SS[.fff]"`` strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamreason.errors import RowError
+
+
+@dataclass(frozen=True)
+class Query:
+    """A user query inside a stream.
+
+    Attributes:
+        text: what the user asks.
+        time_s: when it is asked, seconds from the video start.
+        answer: the ground-truth literal (``"B"``, ``"yes"``, ``"3"``, free text), or None.
+        answer_time_s: from when ``answer`` is correct (evidence visible), seconds; None when
+            unknown. For a question about the past it equals ``time_s``.
+    """
+
+    text: str
+    time_s: float
+    answer: str | None = None
+    answer_time_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Thought:
+    """A gold think trace at ``time_s`` seconds (ThinkStream SFT ``thoughts``)."""
+
+    time_s: float
+    think: str
+
+
+@dataclass
+class StreamRow:
+    """One streaming sample: a video and the queries asked while it plays."""
+
+    id: str
+    video_path: str
+    queries: list[Query]
+    thoughts: list[Thought] = field(default_factory=list)
+    task: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, base_dir: str | Path | None = None) -> StreamRow:
+        """Parse one row in ThinkStream's RL/SFT format.
+
+        Args:
+            d: the decoded JSON object.
+            where: locator used in errors and as the default id, e.g. ``"train.jsonl:12"``.
+            base_dir: folder that relative ``video_path`` values are resolved against.
+
+        Raises:
+            RowError: naming ``where`` and the field that is missing or malformed.
+        """
+        if not isinstance(d, dict):
+            raise RowError(where, f"expected a JSON object, got {type(d).__name__}")
+        video = d.get("video_path", d.get("video"))
+        if not isinstance(video, str) or not video:
+            raise RowError(where, "missing 'video_path' (a non-empty string)")
+        if base_dir is not None and not Path(video).is_absolute():
+            video = str(Path(base_dir) / video)
+        convs = d.get("conversations")
+        if not isinstance(convs, list) or not convs:
+            raise RowError(where, "missing 'conversations' (a non-empty list of messages)")
+        queries: list[Query] = []
+        for i, msg in enumerate(convs):
+            if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
+                raise RowError(where, f"conversations[{i}] must be an object with role 'user' or 'assistant'")
+            content = msg.get("content")
+            if not isinstance(content, str):
+                raise RowError(where, f"conversations[{i}].content must be a string")
+            t = _seconds(msg.get("timestamp"), where, f"conversations[{i}].timestamp")
+            if msg["role"] == "user":
+                queries.append(Query(text=content, time_s=t))
+            else:
+                if not queries or queries[-1].answer is not None:
+                    raise RowError(where, f"conversations[{i}] is an assistant answer with no user query before it")
+                q = queries[-1]
+                queries[-1] = Query(q.text, q.time_s, content.strip(), max(t, q.time_s))
+        thoughts = []
+        for i, th in enumerate(d.get("thoughts") or []):
+            if not isinstance(th, dict) or not isinstance(th.get("think"), str):
+                raise RowError(where, f"thoughts[{i}] must be an object with a string 'think'")
+            thoughts.append(Thought(_seconds(th.get("timestamp"), where, f"thoughts[{i}].timestamp"), th["think"]))
+        known = {"id", "video_path", "video", "conversations", "thoughts", "task"}
+        return cls(
+            id=str(d.get("id", where)),
+            video_path=video,
+            queries=queries,
+            thoughts=sorted(thoughts, key=lambda x: x.time_s),
+            task=d.get("task"),
+            meta={k: v for k, v in d.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row in ThinkStream's format (inverse of :meth:`from_dict`)."""
+        convs: list[dict[str, Any]] = []
+        for q in self.queries:
+            convs.append({"role": "user", "content": q.text, "timestamp": q.time_s})
+            if q.answer is not None:
+                at = q.time_s if q.answer_time_s is None else q.answer_time_s
+                convs.append({"role": "assistant", "content": q.answer, "timestamp": at})
+        d: dict[str, Any] = {"id": self.id, "video_path": self.video_path, "conversations": convs}
+        if self.thoughts:
+            d["thoughts"] = [{"timestamp": t.time_s, "think": t.think} for t in self.thoughts]
+        if self.task is not None:
+            d["task"] = self.task
+        d.update(self.meta)
+        return d
+
+
+def read_rows(path: str | Path) -> tuple[list[StreamRow], list[RowError]]:
+    """Read a JSONL of rows, keeping the good ones and collecting the bad ones.
+
+    Returns:
+        ``(rows, errors)``: every parseable row, and one :class:`RowError` (naming
+        ``file:line``) per malformed line. Blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    rows, errors = [], []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rows.append(StreamRow.from_dict(json.loads(line), where, base_dir=path.parent))
+            except json.JSONDecodeError as e:
+                errors.append(RowError(where, f"not valid JSON ({e.msg} at column {e.colno})"))
+            except RowError as e:
+                errors.append(e)
+    return rows, errors
+
+
+def _seconds(v: Any, where: str, name: str) -> float:
+    if isinstance(v, bool):
+        raise RowError(where, f"{name} must be seconds or 'HH:MM:SS', got {v!r}")
+    if isinstance(v, (int, float)):
+        t = float(v)
+    elif isinstance(v, str):
+        try:
+            parts = [float(p) for p in v.strip().split(":")]
+        except ValueError:
+            raise RowError(where, f"{name} must be seconds or 'HH:MM:SS', got {v!r}") from None
+        if not 1 <= len(parts) <= 3:
+            raise RowError(where, f"{name} must be seconds or 'HH:MM:SS', got {v!r}")
+        t = 0.0
+        for p in parts:
+            t = t * 60 + p
+    else:
+        raise RowError(where, f"{name} must be seconds or 'HH:MM:SS', got {v!r}")
+    if not math.isfinite(t) or t < 0:
+        raise RowError(where, f"{name} must be a finite time >= 0, got {v!r}")
+    return t
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    """What the policy did in one turn (one chunk), at the text level.
+
+    Attributes:
+        chunk_index: 0-based chunk of the turn.
+        start_s, end_s: the chunk's window, seconds.
+        action: the protocol's decision: ``"response"``, ``"silent"``, ``"standby"`` or
+            ``"invalid"`` (no decision could be parsed).
+        think: the think trace, or None when there was none.
+        think_tokens: tokens inside the think span (0 when none).
+        response: the text after ``<response>`` (stripped) when ``action == "response"``.
+        format_ok: the turn matched the protocol's format exactly.
+    """
+
+    chunk_index: int
+    start_s: float
+    end_s: float
+    action: str
+    think: str | None = None
+    think_tokens: int = 0
+    response: str | None = None
+    format_ok: bool = False
+
+
+@dataclass
+class Episode:
+    """One trajectory at the text level: what reward functions receive.
+
+    Attributes:
+        row_id: the dataset row's id.
+        chunk_seconds: chunk length in seconds (turn ``k`` covers ``[k*cs, (k+1)*cs)``).
+        queries: the row's queries with ground truth.
+        turns: one :class:`TurnOutcome` per chunk, in order.
+        meta: the row's extra fields (task, data source, ...).
+    """
+
+    row_id: str
+    chunk_seconds: float
+    queries: list[Query]
+    turns: list[TurnOutcome]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def chunk_of(self, time_s: float) -> int:
+        """The chunk whose window holds ``time_s``: ``floor(time_s / chunk_seconds)``."""
+        return int(math.floor(time_s / self.chunk_seconds + 1e-9))

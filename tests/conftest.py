@@ -1,0 +1,21 @@
+"""Session fixtures shared by every test folder: the tiny model, built once."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A freshly built tiny default model (``streamreason model tiny``)."""
+    from streamreason.modeling import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_model_dir):
+    """``(model, processor)`` of the tiny model, fp32 on CPU."""
+    from streamreason.modeling import load_policy
+
+    return load_policy(tiny_model_dir)

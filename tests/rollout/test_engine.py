@@ -1,0 +1,93 @@
+"""The transformers engine: batched turns, exact rollout log-probs, the think budget."""
+
+import numpy as np
+import pytest
+import torch
+
+from streamreason.rollout.chat import ChatEncoder, concat_videos
+from streamreason.rollout.engine import GenerationRequest, SamplingConfig, ThinkBudget, TransformersEngine
+from streamreason.rollout.memory import MemoryConfig, VisualWindowMemory
+from streamreason.rollout.protocol import get_protocol
+from streamreason.types import Query
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_policy):
+    model, processor = tiny_policy
+    return model, processor, ChatEncoder(processor, get_protocol("watch_think_speak"))
+
+
+def _request(encoder, chunks=2, seed=0):
+    mem = VisualWindowMemory(MemoryConfig(window_chunks=4), encoder.system_ids)
+    rng = np.random.default_rng(seed)
+    for k in range(chunks):
+        video = encoder.video(rng.integers(0, 255, (2, 112, 112, 3), dtype=np.uint8), fps=2.0)
+        head, tail = encoder.user_turn(k, k + 1.0, [Query("Tell me when a red square appears.", 0.0)] if k == 0 else [])
+        mem.add_chunk(head, video, tail)
+        mem.prompt()
+        mem.add_reply(encoder.text("<think>x</think><silent><|im_end|>\n"))
+    mem.chunks[-1].reply = None
+    p = mem.prompt()
+    return GenerationRequest(p.ids, p.mm_token_type_ids, concat_videos(p.videos))
+
+
+def test_rollout_logprobs_equal_a_forward_pass(stack):
+    model, processor, encoder = stack
+    engine = TransformersEngine(model, processor.tokenizer, max_batch_size=3, seed=0)
+    requests = [_request(encoder, chunks=c, seed=c) for c in (1, 2, 3, 2)]  # ragged lengths, 2 micro-batches
+    sampling = SamplingConfig(temperature=0.7, top_p=0.9, top_k=20)
+    gens = engine.generate(requests, sampling, max_new_tokens=12)
+    assert len(gens) == 4
+    worst = 0.0
+    for req, gen in zip(requests, gens):
+        assert 1 <= len(gen.token_ids) == len(gen.logprobs) == len(gen.forced) <= 12
+        assert gen.finish_reason == ("stop" if gen.token_ids[-1] == encoder.end_of_turn_id else "length")
+        ids = torch.tensor([req.prompt_ids + gen.token_ids])
+        types = torch.tensor([req.mm_token_type_ids + [0] * len(gen.token_ids)])
+        with torch.no_grad():
+            logits = model(input_ids=ids, mm_token_type_ids=types, attention_mask=torch.ones_like(ids), **req.mm_inputs).logits
+        p = len(req.prompt_ids)
+        lp = torch.log_softmax(logits[0, p - 1 : -1] / sampling.temperature, -1)
+        ref = lp.gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+        worst = max(worst, (ref - torch.tensor(gen.logprobs)).abs().max().item())
+    assert worst < 1e-4, worst
+
+
+def test_sampling_differs_across_the_group_and_greedy_is_deterministic(stack):
+    model, processor, encoder = stack
+    engine = TransformersEngine(model, processor.tokenizer, seed=0)
+    req = _request(encoder)
+    sampled = engine.generate([req] * 6, SamplingConfig(temperature=1.0, top_p=1.0, top_k=0), max_new_tokens=8)
+    assert len({tuple(g.token_ids) for g in sampled}) > 1
+    greedy = engine.generate([req] * 2, SamplingConfig(temperature=0.0), max_new_tokens=8)
+    assert greedy[0].token_ids == greedy[1].token_ids
+
+
+def test_think_budget_forces_the_close_tag(stack):
+    model, processor, encoder = stack
+    tok = processor.tokenizer
+    open_id, close_id = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+    bias = torch.zeros(model.config.text_config.vocab_size)
+    bias[open_id] = 50.0  # the model now always wants to write <think>
+    hook = model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
+    try:
+        engine = TransformersEngine(model, tok)
+        budget = ThinkBudget((open_id,), (close_id,), budget=3)
+        (gen,) = engine.generate([_request(encoder)], SamplingConfig(temperature=0.0), 8, budget)
+    finally:
+        hook.remove()
+    assert gen.token_ids == [open_id] * 4 + [close_id] + [open_id] * 3
+    assert gen.forced == [False] * 4 + [True] + [False] * 3
+    assert gen.logprobs[4] < -20  # the policy itself would not have written it
+    assert gen.finish_reason == "length"
+
+
+def test_think_budget_with_a_multi_token_close_tag():
+    budget = ThinkBudget((7,), (8, 9), budget=2)
+    assert budget.next_forced([7, 1]) is None
+    assert budget.next_forced([7, 1, 2]) == 8
+    assert budget.next_forced([7, 1, 2, 8]) == 9
+    assert budget.next_forced([7, 1, 2, 8, 9]) is None
+    assert budget.forced([7, 1, 2, 8, 9, 3]) == [False, False, False, True, True, False]
+    assert ThinkBudget((7,), (8,), budget=0).next_forced([7, 1, 2, 3]) is None
+    assert budget.next_forced([1, 2, 3, 4]) is None  # no think span opened

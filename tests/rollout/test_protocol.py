@@ -1,0 +1,61 @@
+import pytest
+
+from streamreason.errors import ConfigError
+from streamreason.rollout.protocol import get_protocol
+
+WTS = get_protocol("watch_think_speak")
+
+
+@pytest.mark.parametrize(
+    "text, action, response, think",
+    [
+        ("<think>red square top left</think><silent>", "silent", None, "red square top left"),
+        ("<think>it appeared</think><response>yes", "response", "yes", "it appeared"),
+        ("<think>x</think><response> B. red ", "response", "B. red", "x"),
+        ("<think></think><silent>", "silent", None, ""),
+    ],
+)
+def test_well_formed_turns(text, action, response, think):
+    p = WTS.parse(text)
+    assert (p.action, p.response, p.think, p.format_ok, p.errors) == (action, response, think, True, ())
+
+
+@pytest.mark.parametrize(
+    "text, ended, action, error",
+    [
+        ("<response>yes", True, "response", "does not start with <think>"),
+        ("<think>never closed", True, "invalid", "never closed"),
+        ("<think>a</think>", True, "invalid", "no <response> or <silent>"),
+        ("<think>a</think><silent> and more", True, "silent", "text after <silent>"),
+        ("<think>a</think>hmm<response>C", True, "response", "between </think> and <response>"),
+        ("<think>a</think><response>", True, "response", "empty <response>"),
+        ("<think>a</think><silent>", False, "silent", "cut by max_new_tokens"),
+        ("", True, "invalid", "does not start with <think>"),
+        ("\x00\ufffd<|im_start|>", True, "invalid", "no <response> or <silent>"),
+        ("a</think><response>A", True, "response", "does not start with <think>"),
+    ],
+)
+def test_malformed_turns_are_reported_not_raised(text, ended, action, error):
+    p = WTS.parse(text, ended=ended)
+    assert p.action == action
+    assert not p.format_ok
+    assert any(error in e for e in p.errors), p.errors
+
+
+def test_parser_survives_non_text():
+    p = WTS.parse(None)  # type: ignore[arg-type]
+    assert p.action == "invalid" and not p.format_ok
+
+
+def test_streamo_states():
+    s = get_protocol("streamo")
+    assert s.parse("<standby>").action == "standby" and s.parse("<standby>").format_ok
+    assert s.parse("<think>hm</think><silent>").action == "silent"
+    assert s.parse("<response>3").response == "3"
+    bad = s.parse("maybe")
+    assert bad.action == "invalid" and not bad.format_ok
+
+
+def test_unknown_protocol_names_the_registered_ones():
+    with pytest.raises(ConfigError, match="watch_think_speak"):
+        get_protocol("nope")
