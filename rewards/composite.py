@@ -41,14 +41,15 @@ class RewardConfig:
         custom: name → spec (``"path/to/file.py:fn"`` or ``"module:fn"``) of rewards loaded
             from outside the registry. They are always computed; give them a weight to train
             on them.
-        on_error: ``"raise"``: a failing reward raises :class:`RewardError`; ``"skip"``: the
-            call returns a :class:`RewardResult` with ``ok=False`` for the caller to count.
+        on_error: ``"skip"`` (default): a failing reward makes the call return a
+            :class:`RewardResult` with ``ok=False`` for the caller to count, so one bad sample
+            never ends a long run; ``"raise"``: it raises :class:`RewardError` (fail fast).
     """
 
     weights: dict[str, float] = field(default_factory=lambda: dict(THINKSTREAM_WEIGHTS))
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom: dict[str, str] = field(default_factory=dict)
-    on_error: str = "raise"
+    on_error: str = "skip"
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class ChatEncoder:
 
         meta = VideoMetadata(total_num_frames=f, fps=fps, frames_indices=list(range(f)), height=h, width=w)
         out = self.processor(
-            text=[self.video_placeholder], videos=[np.ascontiguousarray(frames)], video_metadata=[meta],
+            text=[self.video_placeholder], videos=[np.array(frames)], video_metadata=[meta],
             do_resize=False, return_tensors="pt",
         )  # fmt: skip
         ids = out["input_ids"][0].tolist()

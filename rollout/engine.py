@@ -155,6 +155,17 @@ def make_engine(name: str, **kwargs) -> Engine:
     return _ENGINES[name](**kwargs)
 
 
+# Placeholders that only the processor may put in a prompt: a generated one would later be
+# read as a slot for video features that do not exist, so engines never sample them.
+VISION_PLACEHOLDERS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def banned_token_ids(tokenizer) -> list[int]:
+    """Ids of :data:`VISION_PLACEHOLDERS` present in ``tokenizer``'s vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in VISION_PLACEHOLDERS if t in vocab]
+
+
 class _ThinkBudgetProcessor:
     """transformers LogitsProcessor applying a :class:`ThinkBudget` per row."""
 
@@ -189,6 +200,7 @@ class TransformersEngine(Engine):
         self.max_batch_size = max_batch_size
         self.pad_id = tokenizer.pad_token_id
         self.end_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        self.banned_ids = banned_token_ids(tokenizer)
 
     @torch.no_grad()
     def generate(self, requests, sampling, max_new_tokens, think_budget=None):
@@ -219,6 +231,7 @@ class TransformersEngine(Engine):
             top_p=None if greedy or sampling.top_p >= 1.0 else sampling.top_p,
             top_k=None if greedy or sampling.top_k <= 0 else sampling.top_k,
             max_new_tokens=max_new_tokens, eos_token_id=self.end_ids, pad_token_id=self.pad_id,
+            suppress_tokens=self.banned_ids,
             logits_processor=processors, output_logits=True, return_dict_in_generate=True,
         )  # fmt: skip
         new = res.sequences[:, width:].cpu()

@@ -56,11 +56,23 @@ def _rollout_stack(cfg):
 
 
 def _print_turn(console, traj, turn) -> None:
+    """One transcript line: window, thought, and response / silence (raw text if unparsable)."""
+    from rich.markup import escape
+
     start, end = turn.window_s
     p = turn.parsed
-    said = f"[bold green]response:[/] {p.response}" if p.action == "response" else f"[dim]{p.action}[/]"
-    flag = "" if p.format_ok else f"  [red](format: {'; '.join(p.errors)})[/]"
-    console.print(f"[cyan][{start:6.1f}s-{end:6.1f}s][/] think: {p.think or ''!s:.80}  {said}{flag}", markup=True)
+    line = f"[cyan]\\[{start:7.1f}s-{end:7.1f}s][/] "
+    if p.think is not None:
+        line += f"[dim]think:[/] {escape(p.think[:80])}  "
+    if p.action == "response":
+        line += f"[bold green]response:[/] {escape(p.response or '')}"
+    elif p.action == "invalid":
+        line += f"[red]unparsed:[/] {escape(repr(turn.text[:60]))}"
+    else:
+        line += f"[dim]<{p.action}>[/]"
+    if not p.format_ok:
+        line += f"  [yellow](format: {escape(p.errors[0])})[/]"
+    console.print(line, overflow="ellipsis", no_wrap=True)
 
 
 def _cmd_rollout(args) -> None:
@@ -103,7 +115,7 @@ def _cmd_rollout(args) -> None:
                 rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg.rollout,
                 on_turn=lambda t, r: _print_turn(console, t, r),
             )  # fmt: skip
-            results = [(t, reward(t.episode())) for t in trajs]
+            results = [(t, reward(t.episode()) if args.answer is not None else None) for t in trajs]
         else:
             from tqdm.auto import tqdm
 
@@ -124,7 +136,7 @@ def _cmd_rollout(args) -> None:
                     bar.update(len(batch))
     if not results and failures:
         raise failures[0].error
-    _print_summary(console, results, skipped=len(bad) + len(failures), show_rewards=not args.video or args.answer)
+    _print_summary(console, results, skipped=len(bad) + len(failures))
     if args.out:
         console.print(f"trajectories written to {args.out}")
 
@@ -158,15 +170,18 @@ def trajectory_record(traj, result) -> dict:
     }
 
 
-def _print_summary(console, results, skipped: int, show_rewards: bool) -> None:
-    """Reward table: mean (± std over trajectories) of the total and each component."""
+def _print_summary(console, results, skipped: int) -> None:
+    """Summary table: mean (± std over trajectories) of the reward, each component, accuracy,
+    timing error, and per-turn behaviour. ``results`` pairs trajectories with their
+    RewardResult, or None when there is no ground truth to score."""
     import numpy as np
     from rich.table import Table
 
     from streamreason.rewards.outcomes import query_outcomes
 
-    ok = [(t, r) for t, r in results if r.ok]
-    table = Table(title=f"{len(results)} trajectories, {skipped} rows skipped, {len(results) - len(ok)} reward failures")
+    scored = [(t, r) for t, r in results if r is not None]
+    ok = [(t, r) for t, r in scored if r.ok]
+    table = Table(title=f"{len(results)} trajectories, {skipped} rows skipped, {len(scored) - len(ok)} reward failures")
     table.add_column("metric")
     table.add_column("mean", justify="right")
     table.add_column("std", justify="right")
@@ -176,9 +191,9 @@ def _print_summary(console, results, skipped: int, show_rewards: bool) -> None:
         if values:
             table.add_row(name, f"{np.mean(values):.3f}", f"{np.std(values):.3f}")
 
-    if show_rewards:
+    if ok:
         add("reward", [r.total for _, r in ok])
-        for name in ok[0][1].components if ok else []:
+        for name in ok[0][1].components:
             add(f"  {name}", [r.components.get(name) for _, r in ok])
         outcomes = [o for t, _ in ok for o in query_outcomes(t.episode())]
         add("accuracy", [float(o.correct) for o in outcomes if o.correct is not None])

@@ -117,14 +117,14 @@ def test_bad_configs_fail_at_construction(cfg, message):
     ],
 )
 def test_failing_reward_raises_reward_error(episode, custom_file, fn, reason):
-    reward = CompositeReward(RewardConfig(custom={"bad": f"{custom_file}:{fn}"}))
+    reward = CompositeReward(RewardConfig(custom={"bad": f"{custom_file}:{fn}"}, on_error="raise"))
     with pytest.raises(RewardError, match=reason) as info:
         reward(episode)
     assert (info.value.reward, info.value.row_id) == ("bad", "vid-7")
 
 
 def test_builtin_failure_names_the_reward(make_episode):
-    reward = CompositeReward(RewardConfig(weights={"correctness": 1.0}))
+    reward = CompositeReward(RewardConfig(weights={"correctness": 1.0}, on_error="raise"))
     with pytest.raises(
         RewardError, match="reward 'correctness' failed on row 'row-1': ValueError: nothing to score"
     ):
@@ -132,7 +132,7 @@ def test_builtin_failure_names_the_reward(make_episode):
 
 
 def test_on_error_skip_returns_a_failed_result(episode, custom_file):
-    reward = CompositeReward(RewardConfig(custom={"bad": f"{custom_file}:crash"}, on_error="skip"))
+    reward = CompositeReward(RewardConfig(custom={"bad": f"{custom_file}:crash"}))  # skip is the default
     result = reward(episode)
     assert not result.ok
     assert result.error == "reward 'bad' failed on row 'vid-7': RuntimeError: boom"

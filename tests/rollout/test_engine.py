@@ -91,3 +91,17 @@ def test_think_budget_with_a_multi_token_close_tag():
     assert budget.forced([7, 1, 2, 8, 9, 3]) == [False, False, False, True, True, False]
     assert ThinkBudget((7,), (8,), budget=0).next_forced([7, 1, 2, 3]) is None
     assert budget.next_forced([1, 2, 3, 4]) is None  # no think span opened
+
+
+def test_vision_placeholders_are_never_sampled(stack):
+    model, processor, encoder = stack
+    tok = processor.tokenizer
+    pad = tok.convert_tokens_to_ids("<|video_pad|>")
+    bias = torch.zeros(model.config.text_config.vocab_size)
+    bias[pad] = 50.0  # a placeholder in a reply would later be read as a slot for video features
+    hook = model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
+    try:
+        gens = TransformersEngine(model, tok, seed=0).generate([_request(encoder)] * 4, SamplingConfig(), 6)
+    finally:
+        hook.remove()
+    assert all(pad not in g.token_ids for g in gens)

@@ -1,0 +1,112 @@
+"""The rollout loop on the tiny model over real synthetic MP4s."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streamreason.envs.pool import EnvPool
+from streamreason.envs.stream import EnvConfig
+from streamreason.envs.synthetic import synthesize
+from streamreason.errors import VideoError
+from streamreason.rewards.composite import CompositeReward, RewardConfig
+from streamreason.rollout.chat import ChatEncoder
+from streamreason.rollout.engine import TransformersEngine
+from streamreason.rollout.loop import RolloutConfig, run_rollouts
+from streamreason.rollout.memory import MemoryConfig
+from streamreason.rollout.protocol import ProtocolConfig, get_protocol
+from streamreason.types import StreamRow, read_rows
+
+ENV = EnvConfig(min_pixels=56 * 56, max_pixels=112 * 112, max_chunks=10)
+CFG = RolloutConfig(env=ENV, memory=MemoryConfig(window_chunks=3, evict_block=2),
+                    protocol=ProtocolConfig(think_budget=4, max_new_tokens=8), group_size=3)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    path = synthesize(tmp_path_factory.mktemp("synth"), n=3, seed=0, min_seconds=6, max_seconds=8)
+    rows, errors = read_rows(path)
+    assert not errors
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rollout(rows, tiny_policy):
+    model, processor = tiny_policy
+    encoder = ChatEncoder(processor, get_protocol("watch_think_speak"))
+    engine = TransformersEngine(model, processor.tokenizer, seed=0)
+    bad = StreamRow(id="missing", video_path="/nonexistent/clip.mp4", queries=rows[0].queries)
+    with EnvPool(ENV, in_process=True) as pool:
+        trajs, failures = run_rollouts([rows[0], bad, rows[1]], pool=pool, engine=engine, encoder=encoder, cfg=CFG)
+    return trajs, failures, encoder, model
+
+
+def test_groups_turns_and_failures(rollout, rows):
+    trajs, failures, _, _ = rollout
+    assert [(t.row.id, t.group_index) for t in trajs] == [(r.id, g) for r in (rows[0], rows[1]) for g in range(3)]
+    assert len(failures) == 1 and failures[0].row_id == "missing"
+    assert isinstance(failures[0].error, VideoError) and "/nonexistent/clip.mp4" in str(failures[0].error)
+    for t in trajs:
+        n = min(10, int(np.ceil(t.row.meta["duration_s"])))
+        assert [turn.chunk_index for turn in t.turns] == list(range(n))
+
+
+def test_turn_records_are_consistent(rollout):
+    trajs, _, encoder, _ = rollout
+    for traj in trajs:
+        for k, turn in enumerate(traj.turns):
+            r = len(turn.response_ids)
+            assert 1 <= r <= 8 and len(turn.logprobs) == len(turn.response_mask) == r
+            assert np.all(turn.logprobs <= 0)
+            assert len(turn.prompt_ids) == len(turn.mm_token_type_ids) == turn.memory.context_tokens
+            cutoff = CFG.memory.video_cutoff(k)
+            assert turn.video_chunks == list(range(cutoff, k + 1))
+            assert (turn.finish_reason == "stop") == (int(turn.response_ids[-1]) == encoder.end_of_turn_id)
+            assert turn.parsed == encoder.protocol.parse(turn.text, turn.finish_reason == "stop")
+
+
+def test_queries_enter_at_their_chunk(rollout):
+    trajs, _, encoder, _ = rollout
+    for traj in trajs:
+        for turn in traj.turns:
+            text = encoder.tokenizer.decode(turn.prompt_ids.tolist())
+            for q in traj.row.queries:
+                shown = f"(asked at {q.time_s:.1f}s): {q.text}" in text
+                assert shown == (int(q.time_s // ENV.chunk_seconds) <= turn.chunk_index), (q, turn.chunk_index)
+
+
+def test_prompt_grows_by_exactly_the_last_turn_inside_a_block(rollout):
+    trajs, _, _, _ = rollout
+    for traj in trajs:
+        for prev, cur in zip(traj.turns, traj.turns[1:]):
+            if prev.block_start == cur.block_start:
+                grown = np.concatenate([prev.prompt_ids, prev.response_ids, prev.env_ids])
+                assert np.array_equal(cur.prompt_ids[: len(grown)], grown)
+
+
+def test_model_inputs_reproduce_the_rollout_logprobs(rollout):
+    trajs, _, _, model = rollout
+    worst = 0.0
+    for traj in trajs[:2]:
+        for i in (0, len(traj.turns) // 2, len(traj.turns) - 1):
+            turn = traj.turns[i]
+            with torch.no_grad():
+                logits = model(**traj.model_inputs(i)).logits[0]
+            p = len(turn.prompt_ids)
+            lp = torch.log_softmax(logits[p - 1 : -1] / CFG.sampling.temperature, -1)
+            ref = lp.gather(-1, torch.from_numpy(turn.response_ids.astype(np.int64))[:, None])[:, 0]
+            worst = max(worst, (ref - torch.from_numpy(turn.logprobs)).abs().max().item())
+    assert worst < 1e-4, worst
+
+
+def test_episode_feeds_the_rewards(rollout):
+    trajs, _, _, _ = rollout
+    reward = CompositeReward(RewardConfig())
+    for traj in trajs:
+        ep = traj.episode()
+        assert [t.chunk_index for t in ep.turns] == [t.chunk_index for t in traj.turns]
+        res = reward(ep)
+        assert set(res.components) == {"format", "timing", "correctness", "efficiency"}
+        assert 0.0 <= res.total <= 1.0
+        json.dumps(res.components)
