@@ -223,7 +223,7 @@ def _counting(rng, seconds, size, fps):
     n_asks = min(int(rng.integers(2, 4)), seconds - 2)
     asks = sorted(int(x) for x in rng.choice(np.arange(2, seconds), n_asks, replace=False))
     text = f"How many {colour} {shape}s have appeared so far?"
-    return objects, [Query(text, float(a), str(sum(t <= a for t in appearances)), float(a)) for a in asks]
+    return objects, [Query(text, float(a), str(sum(s <= a for s in appearances)), float(a)) for a in asks]
 
 
 _BUILDERS = {"event_timing": _event_timing, "state_mc": _state_mc, "counting": _counting}

@@ -69,7 +69,8 @@ class ChatEncoder:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.protocol = protocol
-        self.video_placeholder = f"<|vision_start|>{processor.video_token}<|vision_end|>"
+        self.vision_start_id = self.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        self.vision_end_id = self.tokenizer.convert_tokens_to_ids("<|vision_end|>")
         self.end_of_turn_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         vp = processor.video_processor
         self.frame_factor = vp.patch_size * vp.merge_size
@@ -113,11 +114,16 @@ class ChatEncoder:
 
         meta = VideoMetadata(total_num_frames=f, fps=fps, frames_indices=list(range(f)), height=h, width=w)
         out = self.processor(
-            text=[self.video_placeholder], videos=[np.array(frames)], video_metadata=[meta],
+            text=[self.processor.video_token], videos=[np.array(frames)], video_metadata=[meta],
             do_resize=False, return_tensors="pt",
         )  # fmt: skip
         ids = out["input_ids"][0].tolist()
         types = out["mm_token_type_ids"][0].tolist() if "mm_token_type_ids" in out else self._types(ids)
+        if (
+            self.vision_start_id not in ids
+        ):  # Qwen2/2.5-VL expand the pad only; Qwen3-VL adds per-frame markers
+            ids = [self.vision_start_id, *ids, self.vision_end_id]
+            types = [0, *types, 0]
         tensors = {k: v for k, v in out.items() if k not in _TOKEN_KEYS and isinstance(v, torch.Tensor)}
         return VideoSegment(ids, types, tensors)
 

@@ -157,7 +157,13 @@ def make_engine(name: str, **kwargs) -> Engine:
 
 # Placeholders that only the processor may put in a prompt: a generated one would later be
 # read as a slot for video features that do not exist, so engines never sample them.
-VISION_PLACEHOLDERS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+VISION_PLACEHOLDERS = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 
 def banned_token_ids(tokenizer) -> list[int]:
@@ -206,7 +212,9 @@ class TransformersEngine(Engine):
     def generate(self, requests, sampling, max_new_tokens, think_budget=None):
         out: list[Generation] = []
         for i in range(0, len(requests), self.max_batch_size):
-            out.extend(self._generate(requests[i : i + self.max_batch_size], sampling, max_new_tokens, think_budget))
+            out.extend(
+                self._generate(requests[i : i + self.max_batch_size], sampling, max_new_tokens, think_budget)
+            )
         return out
 
     def _generate(self, requests, sampling, max_new_tokens, think_budget):
@@ -224,7 +232,9 @@ class TransformersEngine(Engine):
         for key in {k for r in requests for k in r.mm_inputs}:
             mm[key] = torch.cat([r.mm_inputs[key] for r in requests if key in r.mm_inputs]).to(device)
         greedy = sampling.temperature <= 0
-        processors = [_ThinkBudgetProcessor(think_budget, width)] if think_budget and think_budget.budget > 0 else []
+        processors = (
+            [_ThinkBudgetProcessor(think_budget, width)] if think_budget and think_budget.budget > 0 else []
+        )
         res = self.model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), mm_token_type_ids=types.to(device), **mm,
             do_sample=not greedy, temperature=None if greedy else sampling.temperature,
@@ -245,5 +255,7 @@ class TransformersEngine(Engine):
             n = len(toks) if stop is None else stop + 1
             toks = toks[:n]
             forced = think_budget.forced(toks) if think_budget else [False] * n
-            out.append(Generation(toks, logprobs[row, :n].tolist(), forced, "length" if stop is None else "stop"))
+            out.append(
+                Generation(toks, logprobs[row, :n].tolist(), forced, "length" if stop is None else "stop")
+            )
         return out

@@ -113,9 +113,14 @@ class Trajectory:
         """The text-level view that reward functions score."""
         turns = [
             TurnOutcome(
-                chunk_index=t.chunk_index, start_s=t.window_s[0], end_s=t.window_s[1],
-                action=t.parsed.action, think=t.parsed.think, think_tokens=t.think_tokens,
-                response=t.parsed.response, format_ok=t.parsed.format_ok,
+                chunk_index=t.chunk_index,
+                start_s=t.window_s[0],
+                end_s=t.window_s[1],
+                action=t.parsed.action,
+                think=t.parsed.think,
+                think_tokens=t.think_tokens,
+                response=t.parsed.response,
+                format_ok=t.parsed.format_ok,
             )  # fmt: skip
             for t in self.turns
         ]
@@ -231,7 +236,12 @@ def run_rollouts(
             x.traj.videos[k] = video
             x.memory.add_chunk(head, video, tail)
             prompt = x.memory.prompt()
-            requests.append((prompt, GenerationRequest(prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos))))
+            requests.append(
+                (
+                    prompt,
+                    GenerationRequest(prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos)),
+                )
+            )
         gens = engine.generate([r for _, r in requests], cfg.sampling, cfg.protocol.max_new_tokens, budget)
         actions = []
         for x, (prompt, _), gen in zip(live, requests, gens):

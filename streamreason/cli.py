@@ -1,6 +1,6 @@
 """The ``streamreason`` command line.
 
-    streamreason model tiny OUT_DIR
+    streamreason model tiny OUT_DIR [--arch qwen2_5_vl|qwen2_vl|qwen3_vl]
     streamreason data synth OUT_DIR --n N --seed S
     streamreason rollout --model DIR --video PATH --query "..." [--at SECONDS] [key=value ...]
     streamreason rollout --model DIR --data FILE.jsonl --out OUT.jsonl [key=value ...]
@@ -18,13 +18,14 @@ import sys
 from pathlib import Path
 
 from streamreason.errors import StreamReasonError
+from streamreason.modeling import TINY_ARCHS
 
 
 def _cmd_model_tiny(args) -> None:
     from streamreason.modeling import build_tiny_model
 
-    out = build_tiny_model(args.out_dir, seed=args.seed)
-    print(f"tiny model written to {out}")
+    out = build_tiny_model(args.out_dir, arch=args.arch, seed=args.seed)
+    print(f"tiny {args.arch} model written to {out}")
 
 
 def _cmd_data_synth(args) -> None:
@@ -101,7 +102,9 @@ def _cmd_rollout(args) -> None:
         rows, bad = [StreamRow(id=Path(args.video).name, video_path=args.video, queries=[q])], []
     else:
         if not args.data or not args.out:
-            raise StreamReasonError("rollout needs either --video PATH --query TEXT, or --data FILE.jsonl --out OUT.jsonl")
+            raise StreamReasonError(
+                "rollout needs either --video PATH --query TEXT, or --data FILE.jsonl --out OUT.jsonl"
+            )
         if not Path(args.data).is_file():
             raise StreamReasonError(f"data file {args.data!r} does not exist")
         rows, bad = read_rows(args.data)
@@ -125,7 +128,9 @@ def _cmd_rollout(args) -> None:
             with out.open("w") as f, tqdm(total=len(rows), desc="rows", unit="row") as bar:
                 for i in range(0, len(rows), args.batch_rows):
                     batch = rows[i : i + args.batch_rows]
-                    trajs, fails = run_rollouts(batch, pool=pool, engine=engine, encoder=encoder, cfg=cfg.rollout)
+                    trajs, fails = run_rollouts(
+                        batch, pool=pool, engine=engine, encoder=encoder, cfg=cfg.rollout
+                    )
                     for fail in fails:
                         console.print(f"[yellow]skipped[/] {fail.error}")
                     failures.extend(fails)
@@ -155,16 +160,31 @@ def trajectory_record(traj, result) -> dict:
         "components": result.components,
         "reward_error": result.error,
         "queries": [
-            {"text": o.query.text, "time_s": o.query.time_s, "answer": o.query.answer, "predicted": o.answer,
-             "correct": o.correct, "timing_error_s": o.timing_error_s}
+            {
+                "text": o.query.text,
+                "time_s": o.query.time_s,
+                "answer": o.query.answer,
+                "predicted": o.answer,
+                "correct": o.correct,
+                "timing_error_s": o.timing_error_s,
+            }
             for o in query_outcomes(traj.episode())
         ],  # fmt: skip
         "turns": [
-            {"chunk": t.chunk_index, "window_s": list(t.window_s), "text": t.text, "action": t.parsed.action,
-             "think": t.parsed.think, "response": t.parsed.response, "format_ok": t.parsed.format_ok,
-             "think_tokens": t.think_tokens, "response_tokens": len(t.response_ids),
-             "context_tokens": t.memory.context_tokens, "visual_tokens": t.memory.visual_tokens,
-             "shared_prefix_tokens": t.memory.shared_prefix_tokens}
+            {
+                "chunk": t.chunk_index,
+                "window_s": list(t.window_s),
+                "text": t.text,
+                "action": t.parsed.action,
+                "think": t.parsed.think,
+                "response": t.parsed.response,
+                "format_ok": t.parsed.format_ok,
+                "think_tokens": t.think_tokens,
+                "response_tokens": len(t.response_ids),
+                "context_tokens": t.memory.context_tokens,
+                "visual_tokens": t.memory.visual_tokens,
+                "shared_prefix_tokens": t.memory.shared_prefix_tokens,
+            }
             for t in traj.turns
         ],  # fmt: skip
     }
@@ -181,7 +201,9 @@ def _print_summary(console, results, skipped: int) -> None:
 
     scored = [(t, r) for t, r in results if r is not None]
     ok = [(t, r) for t, r in scored if r.ok]
-    table = Table(title=f"{len(results)} trajectories, {skipped} rows skipped, {len(scored) - len(ok)} reward failures")
+    table = Table(
+        title=f"{len(results)} trajectories, {skipped} rows skipped, {len(scored) - len(ok)} reward failures"
+    )
     table.add_column("metric")
     table.add_column("mean", justify="right")
     table.add_column("std", justify="right")
@@ -214,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model.add_parser("tiny", help="write the tiny default Qwen2.5-VL-architecture model")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--arch", choices=TINY_ARCHS, default="qwen2_5_vl", help="Qwen-VL family (default qwen2_5_vl)"
+    )
     tiny.set_defaults(func=_cmd_model_tiny)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="what", required=True)

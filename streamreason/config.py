@@ -78,7 +78,9 @@ def _valid_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), schema: type = StreamReasonConfig
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    schema: type = StreamReasonConfig,
 ):
     """Build a typed config from a recipe file and ``key=value`` overrides.
 

@@ -50,7 +50,78 @@ def _tokenizer_corpus() -> list[str]:
     shapes = ["square", "circle", "triangle", "squares", "circles", "triangles", "shape", "object"]
     places = ["top", "bottom", "left", "right", "center", "middle", "corner", "moves", "appears",
               "disappears", "visible", "nothing", "new", "still", "now", "so", "far", "many"]  # fmt: skip
-    words = ["the", "a", "an", "is", "are", "was", "were", "what", "which", "when", "where", "who", "how", "many", "tell", "me", "you", "it", "this", "that", "of", "in", "on", "at", "to", "and", "or", "not", "yes", "no", "answer", "question", "options", "video", "chunk", "seconds", "second", "time", "frame", "see", "saw", "watch", "think", "speak", "respond", "response", "silent", "wait", "until", "evidence", "appeared", "has", "have", "been", "count", "colour", "color", "shape", "person", "man", "woman", "car", "dog", "cat", "ball", "door", "light", "turns", "green", "red"]
+    words = [
+        "the",
+        "a",
+        "an",
+        "is",
+        "are",
+        "was",
+        "were",
+        "what",
+        "which",
+        "when",
+        "where",
+        "who",
+        "how",
+        "many",
+        "tell",
+        "me",
+        "you",
+        "it",
+        "this",
+        "that",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "and",
+        "or",
+        "not",
+        "yes",
+        "no",
+        "answer",
+        "question",
+        "options",
+        "video",
+        "chunk",
+        "seconds",
+        "second",
+        "time",
+        "frame",
+        "see",
+        "saw",
+        "watch",
+        "think",
+        "speak",
+        "respond",
+        "response",
+        "silent",
+        "wait",
+        "until",
+        "evidence",
+        "appeared",
+        "has",
+        "have",
+        "been",
+        "count",
+        "colour",
+        "color",
+        "shape",
+        "person",
+        "man",
+        "woman",
+        "car",
+        "dog",
+        "cat",
+        "ball",
+        "door",
+        "light",
+        "turns",
+        "green",
+        "red",
+    ]
     lines = [
         "You are watching a video stream chunk by chunk. After each chunk, think briefly inside "
         "<think></think>, then either answer with <response> followed by your answer, or stay <silent>.",
@@ -103,9 +174,13 @@ def build_tokenizer(vocab_size: int = 1024):
     return tokenizer
 
 
+TINY_ARCHS = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
+
+
 def build_tiny_model(
     out_dir: str | Path,
     *,
+    arch: str = "qwen2_5_vl",
     seed: int = 0,
     hidden_size: int = 64,
     num_layers: int = 2,
@@ -114,66 +189,77 @@ def build_tiny_model(
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
 ) -> Path:
-    """Write the tiny default policy to ``out_dir`` (deterministic for a seed).
+    """Write a tiny random-weight policy to ``out_dir`` (deterministic for a seed).
 
     Args:
         out_dir: destination folder (created; existing files are overwritten).
+        arch: ``qwen2_5_vl`` (the default model), ``qwen2_vl`` or ``qwen3_vl``: the same
+            architecture and processor classes as the real checkpoints of that family.
         seed: weights seed.
         hidden_size: language model width (4 heads, 2 KV heads, MLP 2x width).
         num_layers: language model layers.
-        vision_hidden_size, vision_depth: vision tower width and blocks (patch 14, merge 2,
-            temporal patch 2, as Qwen2.5-VL).
+        vision_hidden_size, vision_depth: vision tower width and blocks (the family's patch
+            size: 14 for Qwen2/2.5-VL, 16 for Qwen3-VL; merge 2; temporal patch 2).
         min_pixels, max_pixels: the processors' default per-frame pixel budget.
 
     Returns:
         ``out_dir`` as a Path.
-    """
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
 
+    Raises:
+        ValueError: unknown ``arch``.
+    """
+    import transformers as tf
+
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    vocab = len(tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     heads = 4
-    head_dim = hidden_size // heads
     # mrope splits the rotary half-dim into (temporal, height, width) sections, as 16:24:24 in Qwen2.5-VL.
-    half = head_dim // 2
+    half = hidden_size // heads // 2
     t_sec = half // 4
     mrope = [t_sec, (half - t_sec) // 2, half - t_sec - (half - t_sec) // 2]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=2,
-            max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-            "mrope_section": mrope}, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True,
-        ),
-        vision_config=dict(
-            depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-            num_heads=4, out_hidden_size=hidden_size, patch_size=14, spatial_merge_size=2,
-            temporal_patch_size=2, tokens_per_second=2, window_size=56,
-            fullatt_block_indexes=[vision_depth - 1],
-        ),
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=2,
+        max_position_embeddings=32768, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+    )  # fmt: skip
+    vision = dict(depth=vision_depth, num_heads=4, spatial_merge_size=2, temporal_patch_size=2)
+    if arch == "qwen2_vl":
+        vision.update(embed_dim=vision_hidden_size, hidden_size=hidden_size, mlp_ratio=2, patch_size=14)
+    elif arch == "qwen2_5_vl":
+        vision.update(
+            hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size, out_hidden_size=hidden_size,
+            patch_size=14, tokens_per_second=2, window_size=56, fullatt_block_indexes=[vision_depth - 1],
+        )  # fmt: skip
+    else:
+        text["head_dim"] = hidden_size // heads
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision.update(
+            hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size, out_hidden_size=hidden_size,
+            patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0],
+        )  # fmt: skip
+    prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}[arch]
+    config = getattr(tf, f"{prefix}Config")(
+        text_config=text, vision_config=vision, tie_word_embeddings=True,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = getattr(tf, f"{prefix}ForConditionalGeneration")(config).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out_dir)
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=dict(size)),
-        video_processor=Qwen2VLVideoProcessor(size=dict(size), do_sample_frames=False),
+    patch = vision["patch_size"]
+    video_processor = tf.Qwen3VLVideoProcessor if arch == "qwen3_vl" else tf.Qwen2VLVideoProcessor
+    processor = getattr(tf, f"{prefix}Processor")(
+        image_processor=tf.Qwen2VLImageProcessor(size=dict(size), patch_size=patch),
+        video_processor=video_processor(size=dict(size), patch_size=patch, do_sample_frames=False),
         tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
     )  # fmt: skip
     processor.save_pretrained(out_dir)
@@ -187,7 +273,9 @@ def attention_backend() -> str:
     return "sdpa"
 
 
-def load_policy(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def load_policy(
+    model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+):
     """Load a Qwen-VL checkpoint directory and its processor.
 
     Args:

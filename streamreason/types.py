@@ -99,14 +99,18 @@ class StreamRow:
                 queries.append(Query(text=content, time_s=t))
             else:
                 if not queries or queries[-1].answer is not None:
-                    raise RowError(where, f"conversations[{i}] is an assistant answer with no user query before it")
+                    raise RowError(
+                        where, f"conversations[{i}] is an assistant answer with no user query before it"
+                    )
                 q = queries[-1]
                 queries[-1] = Query(q.text, q.time_s, content.strip(), max(t, q.time_s))
         thoughts = []
         for i, th in enumerate(d.get("thoughts") or []):
             if not isinstance(th, dict) or not isinstance(th.get("think"), str):
                 raise RowError(where, f"thoughts[{i}] must be an object with a string 'think'")
-            thoughts.append(Thought(_seconds(th.get("timestamp"), where, f"thoughts[{i}].timestamp"), th["think"]))
+            thoughts.append(
+                Thought(_seconds(th.get("timestamp"), where, f"thoughts[{i}].timestamp"), th["think"])
+            )
         known = {"id", "video_path", "video", "conversations", "thoughts", "task"}
         return cls(
             id=str(d.get("id", where)),

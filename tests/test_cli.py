@@ -23,7 +23,9 @@ def test_transcript_over_a_real_mp4(tiny_model_dir, capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("make, reason", [(None, "file not found"), (b"\x00garbage" * 300, "not a readable video")])
+@pytest.mark.parametrize(
+    "make, reason", [(None, "file not found"), (b"\x00garbage" * 300, "not a readable video")]
+)
 def test_bad_video_is_a_one_line_error(tiny_model_dir, tmp_path, capsys, make, reason):
     video = tmp_path / "clip.mp4"
     if make is not None:
@@ -62,7 +64,12 @@ def test_dataset_rollout_skips_bad_rows_and_completes(tiny_model_dir, tmp_path, 
     for name in (f"{data}:2", f"{data}:5", "missing.mp4", "corrupt.mp4"):
         assert name in printed.replace("\n", "")
     for r in records:
-        assert len(r["turns"]) == 6 and set(r["components"]) == {"format", "timing", "correctness", "efficiency"}
+        assert len(r["turns"]) == 6 and set(r["components"]) == {
+            "format",
+            "timing",
+            "correctness",
+            "efficiency",
+        }
 
 
 def test_unknown_config_key_names_the_closest(tiny_model_dir, capsys):

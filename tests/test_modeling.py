@@ -10,7 +10,9 @@ from streamreason.modeling import PROTOCOL_TOKENS, QWEN_SPECIAL_TOKENS, build_ti
 
 
 def _digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
 
 
 def test_build_is_deterministic(tiny_model_dir, tmp_path):
@@ -37,4 +39,6 @@ def test_loads_with_auto_classes_and_runs_video(tiny_model_dir):
     loss = model(**inputs, labels=inputs["input_ids"]).loss
     loss.backward()
     assert torch.isfinite(loss)
-    assert model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0  # gradient reaches the vision tower
+    assert (
+        model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
+    )  # gradient reaches the vision tower

@@ -22,7 +22,9 @@ def _request(encoder, chunks=2, seed=0):
     rng = np.random.default_rng(seed)
     for k in range(chunks):
         video = encoder.video(rng.integers(0, 255, (2, 112, 112, 3), dtype=np.uint8), fps=2.0)
-        head, tail = encoder.user_turn(k, k + 1.0, [Query("Tell me when a red square appears.", 0.0)] if k == 0 else [])
+        head, tail = encoder.user_turn(
+            k, k + 1.0, [Query("Tell me when a red square appears.", 0.0)] if k == 0 else []
+        )
         mem.add_chunk(head, video, tail)
         mem.prompt()
         mem.add_reply(encoder.text("<think>x</think><silent><|im_end|>\n"))
@@ -45,7 +47,9 @@ def test_rollout_logprobs_equal_a_forward_pass(stack):
         ids = torch.tensor([req.prompt_ids + gen.token_ids])
         types = torch.tensor([req.mm_token_type_ids + [0] * len(gen.token_ids)])
         with torch.no_grad():
-            logits = model(input_ids=ids, mm_token_type_ids=types, attention_mask=torch.ones_like(ids), **req.mm_inputs).logits
+            logits = model(
+                input_ids=ids, mm_token_type_ids=types, attention_mask=torch.ones_like(ids), **req.mm_inputs
+            ).logits
         p = len(req.prompt_ids)
         lp = torch.log_softmax(logits[0, p - 1 : -1] / sampling.temperature, -1)
         ref = lp.gather(-1, torch.tensor(gen.token_ids)[:, None])[:, 0]
@@ -57,7 +61,9 @@ def test_sampling_differs_across_the_group_and_greedy_is_deterministic(stack):
     model, processor, encoder = stack
     engine = TransformersEngine(model, processor.tokenizer, seed=0)
     req = _request(encoder)
-    sampled = engine.generate([req] * 6, SamplingConfig(temperature=1.0, top_p=1.0, top_k=0), max_new_tokens=8)
+    sampled = engine.generate(
+        [req] * 6, SamplingConfig(temperature=1.0, top_p=1.0, top_k=0), max_new_tokens=8
+    )
     assert len({tuple(g.token_ids) for g in sampled}) > 1
     greedy = engine.generate([req] * 2, SamplingConfig(temperature=0.0), max_new_tokens=8)
     assert greedy[0].token_ids == greedy[1].token_ids

@@ -38,13 +38,17 @@ def rollout(rows, tiny_policy):
     engine = TransformersEngine(model, processor.tokenizer, seed=0)
     bad = StreamRow(id="missing", video_path="/nonexistent/clip.mp4", queries=rows[0].queries)
     with EnvPool(ENV, in_process=True) as pool:
-        trajs, failures = run_rollouts([rows[0], bad, rows[1]], pool=pool, engine=engine, encoder=encoder, cfg=CFG)
+        trajs, failures = run_rollouts(
+            [rows[0], bad, rows[1]], pool=pool, engine=engine, encoder=encoder, cfg=CFG
+        )
     return trajs, failures, encoder, model
 
 
 def test_groups_turns_and_failures(rollout, rows):
     trajs, failures, _, _ = rollout
-    assert [(t.row.id, t.group_index) for t in trajs] == [(r.id, g) for r in (rows[0], rows[1]) for g in range(3)]
+    assert [(t.row.id, t.group_index) for t in trajs] == [
+        (r.id, g) for r in (rows[0], rows[1]) for g in range(3)
+    ]
     assert len(failures) == 1 and failures[0].row_id == "missing"
     assert isinstance(failures[0].error, VideoError) and "/nonexistent/clip.mp4" in str(failures[0].error)
     for t in trajs:
@@ -73,7 +77,10 @@ def test_queries_enter_at_their_chunk(rollout):
             text = encoder.tokenizer.decode(turn.prompt_ids.tolist())
             for q in traj.row.queries:
                 shown = f"(asked at {q.time_s:.1f}s): {q.text}" in text
-                assert shown == (int(q.time_s // ENV.chunk_seconds) <= turn.chunk_index), (q, turn.chunk_index)
+                assert shown == (int(q.time_s // ENV.chunk_seconds) <= turn.chunk_index), (
+                    q,
+                    turn.chunk_index,
+                )
 
 
 def test_prompt_grows_by_exactly_the_last_turn_inside_a_block(rollout):
@@ -110,3 +117,31 @@ def test_episode_feeds_the_rewards(rollout):
         assert set(res.components) == {"format", "timing", "correctness", "efficiency"}
         assert 0.0 <= res.total <= 1.0
         json.dumps(res.components)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl"])
+def test_other_qwen_vl_families_roll_out_exactly(arch, rows, tmp_path):
+    """Qwen2-VL and Qwen3-VL checkpoints work wherever the default Qwen2.5-VL one does."""
+    from streamreason.modeling import build_tiny_model, load_policy
+
+    model, processor = load_policy(build_tiny_model(tmp_path / arch, arch=arch))
+    encoder = ChatEncoder(processor, get_protocol("watch_think_speak"))
+    env = EnvConfig(
+        min_pixels=64 * 64, max_pixels=128 * 128, max_chunks=4, resize_factor=encoder.frame_factor
+    )
+    cfg = RolloutConfig(
+        env=env, memory=MemoryConfig(window_chunks=2), protocol=ProtocolConfig(max_new_tokens=6)
+    )
+    with EnvPool(env, in_process=True) as pool:
+        (traj,), failures = run_rollouts([rows[0]], pool=pool, engine=TransformersEngine(model, processor.tokenizer),
+                                         encoder=encoder, cfg=cfg, group_size=1)  # fmt: skip
+    assert not failures and len(traj.turns) == 4
+    last = traj.turns[-1]
+    assert last.video_chunks == [2, 3] and last.memory.visual_tokens > 0
+    with torch.no_grad():
+        logits = model(**traj.model_inputs(3)).logits[0]
+    p = len(last.prompt_ids)
+    ref = torch.log_softmax(logits[p - 1 : -1], -1).gather(
+        -1, torch.from_numpy(last.response_ids.astype(np.int64))[:, None]
+    )
+    assert torch.allclose(ref[:, 0], torch.from_numpy(last.logprobs), atol=1e-4)
