@@ -2,7 +2,7 @@
 
 Formulas are ThinkStream's (arXiv 2603.12938, trajectory reward
 R = 0.2·format + 0.2·time + 0.4·correctness + 0.2·efficiency), as written down in
-/work/shared/reference/SEEDS.md, "ThinkStream ... Reward". ThinkStream scores one query per
+../shared/reference/SEEDS.md, "ThinkStream ... Reward". ThinkStream scores one query per
 trajectory; with several, per-query scores are averaged, and responses are attributed to
 queries by :mod:`streamreason.rewards.outcomes`. Every built-in returns a float in [0, 1].
 

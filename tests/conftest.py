@@ -19,3 +19,15 @@ def tiny_policy(tiny_model_dir):
     from streamreason.modeling import load_policy
 
     return load_policy(tiny_model_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where CUDA is available (``pytest -m gpu`` on the device)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
