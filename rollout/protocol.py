@@ -58,12 +58,17 @@ class ProtocolConfig:
 
 
 class Protocol:
-    """Base class: tags, prompts and the parser. Subclasses set the class attributes."""
+    """Base class: tags, prompts and the parser.
+
+    Subclasses set ``system_prompt`` and ``FORMAT`` (the regex a well-formed turn matches, end
+    token excluded) and implement :meth:`read`.
+    """
 
     name: ClassVar[str]
     think_open: ClassVar[str] = "<think>"
     think_close: ClassVar[str] = "</think>"
     system_prompt: ClassVar[str]
+    FORMAT: ClassVar[re.Pattern]
 
     def chunk_header(self, start_s: float, end_s: float) -> str:
         """Time marker of a chunk; it stays in the context after the chunk's video is evicted."""
@@ -80,6 +85,17 @@ class Protocol:
             text: the decoded turn, end-of-turn token removed.
             ended: whether the turn ended with the end-of-turn token (not cut by max tokens).
         """
+        if not isinstance(text, str):
+            return ParsedTurn("invalid", None, None, False, (f"turn is {type(text).__name__}, not text",))
+        errors: list[str] = []
+        action, think, response = self.read(text, errors)
+        if not ended:
+            errors.append("turn cut by max_new_tokens before its end-of-turn token")
+        format_ok = ended and not errors and bool(self.FORMAT.match(text.strip()))
+        return ParsedTurn(action, think, response, format_ok, tuple(errors))
+
+    def read(self, text: str, errors: list[str]) -> tuple[str, str | None, str | None]:
+        """``(action, think, response)`` of ``text``, appending what is malformed to ``errors``."""
         raise NotImplementedError
 
 
@@ -135,12 +151,9 @@ class WatchThinkSpeak(Protocol):
         "write <response> followed by the answer; otherwise write <silent>. Answer each question "
         "once, as soon as the video shows the answer, and never before."
     )
-    _FORMAT = re.compile(r"^<think>.*?</think>(<response>.*|<silent>)$", re.DOTALL)
+    FORMAT = re.compile(r"^<think>.*?</think>(<response>.*|<silent>)$", re.DOTALL)
 
-    def parse(self, text: str, ended: bool = True) -> ParsedTurn:
-        if not isinstance(text, str):
-            return ParsedTurn("invalid", None, None, False, (f"turn is {type(text).__name__}, not text",))
-        errors: list[str] = []
+    def read(self, text, errors):
         think, rest = _split_think(text, self.think_open, self.think_close, errors)
         rest_s = rest.strip()
         if "<response>" in rest_s:
@@ -156,10 +169,7 @@ class WatchThinkSpeak(Protocol):
         else:
             action, response = "invalid", None
             errors.append("no <response> or <silent> after the think span")
-        if not ended:
-            errors.append("turn cut by max_new_tokens before its end-of-turn token")
-        format_ok = ended and not errors and bool(self._FORMAT.match(text.strip()))
-        return ParsedTurn(action, think, response, format_ok, tuple(errors))
+        return action, think, response
 
 
 @register_protocol("streamo")
@@ -172,12 +182,9 @@ class Streamo(Protocol):
         "happening, <standby> when evidence for a question is arriving but the answer is not yet "
         "certain, or <response> followed by the answer when it can be given now."
     )
-    _FORMAT = re.compile(r"^(<think>.*?</think>)?(<response>.+|<silent>|<standby>)$", re.DOTALL)
+    FORMAT = re.compile(r"^(<think>.*?</think>)?(<response>.+|<silent>|<standby>)$", re.DOTALL)
 
-    def parse(self, text: str, ended: bool = True) -> ParsedTurn:
-        if not isinstance(text, str):
-            return ParsedTurn("invalid", None, None, False, (f"turn is {type(text).__name__}, not text",))
-        errors: list[str] = []
+    def read(self, text, errors):
         think, rest = None, text
         if self.think_open in text or self.think_close in text:
             think, rest = _split_think(text, self.think_open, self.think_close, errors)
@@ -192,7 +199,4 @@ class Streamo(Protocol):
         else:
             action = "invalid"
             errors.append("output is not one of <silent>, <standby>, <response>text")
-        if not ended:
-            errors.append("turn cut by max_new_tokens before its end-of-turn token")
-        format_ok = ended and not errors and bool(self._FORMAT.match(text.strip()))
-        return ParsedTurn(action, think, response, format_ok, tuple(errors))
+        return action, think, response
