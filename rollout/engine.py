@@ -96,11 +96,14 @@ class GenerationRequest:
         mm_token_type_ids: modality per prompt token ``[P]`` (0 text, 1 image, 2 video).
         mm_inputs: the prompt's multimodal tensors (``pixel_values_videos``,
             ``video_grid_thw``, ...), videos concatenated in prompt order; {} for text only.
+        key: ``(row_id, group_index, chunk_index)`` of the turn (engines may ignore it; a
+            scripted engine uses it to look up the turn's gold output).
     """
 
     prompt_ids: list[int]
     mm_token_type_ids: list[int]
     mm_inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    key: tuple | None = None
 
 
 @dataclass
@@ -218,6 +221,7 @@ class TransformersEngine(Engine):
         return out
 
     def _generate(self, requests, sampling, max_new_tokens, think_budget):
+        self.model.eval()  # the learner may have left it in train mode
         device = self.model.device
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)

@@ -236,12 +236,9 @@ def run_rollouts(
             x.traj.videos[k] = video
             x.memory.add_chunk(head, video, tail)
             prompt = x.memory.prompt()
-            requests.append(
-                (
-                    prompt,
-                    GenerationRequest(prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos)),
-                )
-            )
+            key = (x.traj.row.id, x.traj.group_index, k)
+            request = GenerationRequest(prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos), key)
+            requests.append((prompt, request))
         gens = engine.generate([r for _, r in requests], cfg.sampling, cfg.protocol.max_new_tokens, budget)
         actions = []
         for x, (prompt, _), gen in zip(live, requests, gens):

@@ -78,6 +78,11 @@ class Protocol:
         """A query as shown in the user turn of the chunk where it is asked."""
         return f"\nQuestion (asked at {query.time_s:.1f}s): {query.text}"
 
+    def render(self, think: str | None, action: str, response: str | None = None) -> str:
+        """A well-formed turn (the inverse of :meth:`parse`), e.g. a gold turn for SFT."""
+        head = "" if think is None else f"{self.think_open}{think}{self.think_close}"
+        return head + (f"<response>{response}" if action == "response" else f"<{action}>")
+
     def parse(self, text: str, ended: bool = True) -> ParsedTurn:
         """Parse one assistant turn. Never raises: malformed text gives ``format_ok=False``.
 

@@ -31,12 +31,16 @@ def _cmd_model_tiny(args) -> None:
 def _cmd_data_synth(args) -> None:
     from streamreason.envs.synthetic import synthesize
 
-    out = synthesize(args.out_dir, n=args.n, seed=args.seed)
+    out = synthesize(
+        args.out_dir, n=args.n, seed=args.seed, min_seconds=args.min_seconds, max_seconds=args.max_seconds
+    )
     print(f"{args.n} streams written to {out}")
 
 
-def _rollout_stack(cfg):
-    """Model, encoder and engine for ``cfg`` (shared by the rollout command)."""
+def rollout_stack(cfg, seed: int | None = None, dtype: str | None = None):
+    """``(model, processor, encoder, engine)`` for a recipe: what every command rolls out with.
+
+    ``dtype`` overrides ``engine.dtype`` (the trainers load the policy in ``optim.dtype``)."""
     import torch
 
     from streamreason.modeling import load_policy
@@ -47,13 +51,13 @@ def _rollout_stack(cfg):
     device = cfg.engine.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, processor = load_policy(cfg.model, dtype=getattr(torch, cfg.engine.dtype), device=device)
+    model, processor = load_policy(cfg.model, dtype=getattr(torch, dtype or cfg.engine.dtype), device=device)
     encoder = ChatEncoder(processor, get_protocol(cfg.rollout.protocol.name))
     engine = make_engine(
         cfg.engine.name, model=model, tokenizer=processor.tokenizer,
-        max_batch_size=cfg.engine.max_batch_size, seed=cfg.engine.seed,
+        max_batch_size=cfg.engine.max_batch_size, seed=cfg.engine.seed if seed is None else seed,
     )  # fmt: skip
-    return encoder, engine
+    return model, processor, encoder, engine
 
 
 def _print_turn(console, traj, turn) -> None:
@@ -110,7 +114,7 @@ def _cmd_rollout(args) -> None:
         rows, bad = read_rows(args.data)
         for e in bad:
             console.print(f"[yellow]skipped[/] {e}")
-    encoder, engine = _rollout_stack(cfg)
+    _, _, encoder, engine = rollout_stack(cfg)
     results = []
     with EnvPool(cfg.rollout.env, cfg.env_pool.num_workers, cfg.env_pool.in_process) as pool:
         if args.video:
@@ -228,6 +232,88 @@ def _print_summary(console, results, skipped: int) -> None:
     console.print(table)
 
 
+def _cmd_train(args) -> None:
+    from streamreason.config import load_config
+    from streamreason.rl.trainer import LocalTrainer
+
+    cfg = load_config(args.recipe, args.overrides)
+    final = LocalTrainer(cfg).train(resume=args.resume)
+    print(
+        "GRPO finished; eval: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(final.items()) if "/" not in k)
+    )
+
+
+def _cmd_sft(args) -> None:
+    from streamreason.config import load_config
+    from streamreason.rl.trainer import LocalTrainer
+
+    cfg = load_config(args.recipe, args.overrides)
+    trainer = LocalTrainer(cfg)
+    metrics = trainer.sft()
+    if trainer.rank == 0:
+        print(
+            f"SFT finished (loss {metrics.get('loss', float('nan')):.3f}); model in {cfg.trainer.run_dir}/final"
+        )
+
+
+def _cmd_eval(args) -> None:
+    from rich.console import Console
+
+    from streamreason.config import load_config
+    from streamreason.rl.report import summary_table
+    from streamreason.rl.trainer import LocalTrainer, write_eval
+
+    overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
+    cfg = load_config(args.recipe, overrides)
+    trainer = LocalTrainer(cfg)
+    rows, _ = trainer._rows(cfg.data.eval, cfg.data.eval_rows)
+    res = trainer.evaluate(rows, cfg.trainer.eval_samples)
+    trainer.pool.shutdown()
+    name = args.name or Path(cfg.model).name
+    if args.out:
+        write_eval(Path(args.out), name, res)
+    Console().print(summary_table([_eval_row(name, res.mean, res.stderr)], f"eval on {cfg.data.eval}"))
+
+
+_EVAL_COLUMNS = {"reward": "reward", "reward/format": "format", "reward/timing": "timing",
+                 "reward/correctness": "correctness", "reward/efficiency": "efficiency",
+                 "accuracy": "accuracy", "abs_timing_error_s": "|timing error| s"}  # fmt: skip
+
+
+def _eval_row(name: str, mean: dict, stderr: dict) -> dict:
+    row = {"model": name}
+    for key, col in _EVAL_COLUMNS.items():
+        if key in mean:
+            row[col] = (mean[key], stderr.get(key, float("nan")))
+    return row
+
+
+def _cmd_report(args) -> None:
+    """Compare evals (JSON from ``eval --out``) in a table and plot a run's curves."""
+    from rich.console import Console
+
+    from streamreason.rl.report import summary_table, write_report
+
+    evals = [json.loads(Path(p).read_text()) for p in args.evals]
+    run_dir = Path(args.run_dir)
+    (run_dir / "eval_timing_errors.json").write_text(
+        json.dumps({e["name"]: e["timing_errors_s"] for e in evals})
+    )
+    png = write_report(run_dir, args.png)
+    console = Console()
+    console.print(
+        summary_table(
+            [_eval_row(e["name"], e["mean"], e["stderr"]) for e in evals], "eval (mean ± stderr over rows)"
+        )
+    )
+    if len(evals) >= 2 and "reward" in evals[-1]["mean"]:
+        a, b = evals[-2], evals[-1]
+        diff = b["mean"]["reward"] - a["mean"]["reward"]
+        se = math.hypot(a["stderr"]["reward"], b["stderr"]["reward"])
+        console.print(f"{b['name']} - {a['name']}: reward {diff:+.3f} ({diff / se:+.1f} standard errors)")
+    console.print(f"report written to {png}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamreason", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -246,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out_dir")
     synth.add_argument("--n", type=int, required=True, help="number of streams")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--min-seconds", type=int, default=8, help="shortest video, seconds")
+    synth.add_argument("--max-seconds", type=int, default=16, help="longest video, seconds")
     synth.set_defaults(func=_cmd_data_synth)
 
     ro = sub.add_parser("rollout", help="watch-think-speak over a video (live transcript) or a dataset")
@@ -261,6 +349,33 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--batch-rows", type=int, default=8, help="rows rolled out together (with --data)")
     ro.add_argument("overrides", nargs="*", help="config overrides, key=value")
     ro.set_defaults(func=_cmd_rollout)
+
+    tr = sub.add_parser("train", help="GRPO training (trainer.backend=local)")
+    tr.add_argument("recipe")
+    tr.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in trainer.run_dir"
+    )
+    tr.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    tr.set_defaults(func=_cmd_train)
+
+    sf = sub.add_parser("sft", help="SFT warm-start on gold watch-think-speak trajectories")
+    sf.add_argument("recipe")
+    sf.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    sf.set_defaults(func=_cmd_sft)
+
+    ev = sub.add_parser("eval", help="evaluate a model on data.eval (sampled, trainer.eval_samples per row)")
+    ev.add_argument("recipe")
+    ev.add_argument("--model", help="checkpoint folder (overrides the recipe's model)")
+    ev.add_argument("--name", help="name of this eval in tables (default: the model folder)")
+    ev.add_argument("--out", help="write the eval as JSON")
+    ev.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    ev.set_defaults(func=_cmd_eval)
+
+    rp = sub.add_parser("report", help="compare eval JSONs and plot a run's reward curves")
+    rp.add_argument("run_dir", help="the GRPO run directory (metrics.jsonl)")
+    rp.add_argument("--evals", nargs="+", required=True, help="eval JSON files, in table order")
+    rp.add_argument("--png", help="where to write the figure (default RUN_DIR/report.png)")
+    rp.set_defaults(func=_cmd_report)
     return p
 
 

@@ -17,6 +17,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from streamreason.errors import ConfigError, StreamReasonError
 from streamreason.rewards.composite import RewardConfig
+from streamreason.rl.grpo import GRPOConfig
+from streamreason.rl.learner import OptimConfig
+from streamreason.rl.sft import SFTConfig
+from streamreason.rl.trainer import DataConfig, TrainerConfig
 from streamreason.rollout.loop import RolloutConfig
 
 
@@ -57,6 +61,11 @@ class StreamReasonConfig:
         engine: generation engine.
         env_pool: env actors.
         rewards: reward weights, parameters and custom rewards.
+        data: train and eval JSONL.
+        rl: GRPO loss, batching and epochs (``rl/grpo.py``).
+        optim: optimizer, schedule, precision, LoRA (``rl/learner.py``).
+        sft: the SFT warm-start (``rl/sft.py``).
+        trainer: steps, eval, checkpoints, run directory (``rl/trainer.py``).
     """
 
     model: str = "models/tiny"
@@ -64,6 +73,11 @@ class StreamReasonConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     env_pool: EnvPoolConfig = field(default_factory=EnvPoolConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rl: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def _valid_keys(node: DictConfig, prefix: str = "") -> list[str]:

@@ -66,3 +66,22 @@ class RewardError(StreamReasonError):
 
     def __reduce__(self):
         return (type(self), (self.reward, self.row_id, self.reason))
+
+
+class CheckpointError(StreamReasonError):
+    """A checkpoint folder is incomplete or corrupt (a crash mid-save, a truncated or changed file).
+
+    Attributes:
+        path: the checkpoint folder.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"checkpoint {self.path!r}: {reason}; delete the folder or resume from an earlier one"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))

@@ -59,3 +59,13 @@ def test_streamo_states():
 def test_unknown_protocol_names_the_registered_ones():
     with pytest.raises(ConfigError, match="watch_think_speak"):
         get_protocol("nope")
+
+
+@pytest.mark.parametrize("name", ["watch_think_speak", "streamo"])
+@pytest.mark.parametrize(
+    "think, action, response", [("a red square", "response", "yes"), ("", "silent", None)]
+)
+def test_render_is_the_inverse_of_parse(name, think, action, response):
+    proto = get_protocol(name)
+    p = proto.parse(proto.render(think, action, response))
+    assert (p.action, p.think, p.response, p.format_ok) == (action, think, response, True)

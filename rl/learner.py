@@ -1,0 +1,346 @@
+"""The learner: log-probs of packed rows, GRPO and SFT updates, optimizer, FSDP2.
+
+One class serves both trainers of one machine (``streamreason train`` and ``streamreason sft``):
+AdamW with a constant or cosine schedule and warmup, grad-norm clipping, fp32 or bf16,
+gradient checkpointing, optional LoRA (peft) and a frozen vision tower. Under ``torchrun``
+(``WORLD_SIZE > 1``) the policy is sharded with FSDP2 ``fully_shard`` over gloo (CPU) or NCCL
+(GPU); losses are aggregated over the global mini-batch exactly as verl's ``agg_loss`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from verl.utils.torch_functional import entropy_from_logits
+
+from streamreason.errors import ConfigError
+from streamreason.rl.grpo import GRPOConfig, policy_loss
+from streamreason.rl.rows import TrainRow, collate
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the language model (peft); ``rank = 0`` trains all weights."""
+
+    rank: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and precision (ThinkStream RL: lr 2e-7, cosine, 3% warmup).
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay, betas, eps: AdamW.
+        schedule: ``constant`` or ``cosine`` (both after linear warmup).
+        warmup_ratio: warmup steps as a fraction of all optimizer steps.
+        grad_clip: max global grad norm (0 disables).
+        dtype: ``float32`` or ``bfloat16`` parameters.
+        gradient_checkpointing: recompute activations in backward.
+        freeze_vision: keep the vision tower fixed (VST).
+        lora: LoRA settings.
+    """
+
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.03
+    grad_clip: float = 1.0
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"optim.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the default process group under torchrun."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _all_reduce(value: float, op=dist.ReduceOp.SUM) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=op)
+    return t.item()
+
+
+class Learner:
+    """Trains the policy on :class:`~streamreason.rl.rows.TrainRow` batches.
+
+    Args:
+        model: the policy (a Qwen-VL ``...ForConditionalGeneration``), on its device.
+        optim: optimizer settings.
+        grpo: loss settings (clip ratios, aggregation, KL, mini/micro batches).
+        total_steps: optimizer steps of the whole run (for the schedule).
+        pad_id: padding token id.
+        temperature: the rollout temperature; log-probs are ``log_softmax(logits / T)``.
+        ref_model: frozen reference policy for the KL loss (needed when ``grpo.kl_coef > 0``).
+    """
+
+    def __init__(self, model, optim: OptimConfig, grpo: GRPOConfig, total_steps: int, pad_id: int,
+                 temperature: float = 1.0, ref_model=None):  # fmt: skip
+        from transformers import get_scheduler
+
+        self.grpo, self.optim_cfg, self.pad_id = grpo, optim, pad_id
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.rank, self.world_size = world()
+        self.device = next(model.parameters()).device
+        if optim.freeze_vision:
+            model.model.visual.requires_grad_(False)
+        if optim.lora.rank > 0:
+            from peft import LoraConfig as PeftLora
+            from peft import get_peft_model
+
+            lora = optim.lora
+            model = get_peft_model(model, PeftLora(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                   target_modules=list(lora.target_modules)))  # fmt: skip
+        if optim.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.world_size > 1:
+            _shard(model)
+        self.model = model
+        if grpo.kl_coef > 0 and ref_model is None:
+            raise ConfigError("rl.kl_coef > 0 needs a reference model")
+        self.ref_model = ref_model
+        self._filler: TrainRow | None = None
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                           weight_decay=optim.weight_decay)  # fmt: skip
+        warmup = math.ceil(optim.warmup_ratio * total_steps)
+        name = "cosine" if optim.schedule == "cosine" else "constant_with_warmup"
+        self.scheduler = get_scheduler(
+            name, self.optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+        )
+
+    # -- forward ---------------------------------------------------------------------------
+    def _token_logprobs(self, model, batch, entropy: bool = False):
+        """``(logprobs, entropy)`` of every target token ``[B, L-1]`` (entropy None unless asked)."""
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k not in _TARGET_KEYS}
+        logits = model(**inputs, use_cache=False).logits[:, :-1].float() / self.temperature
+        logp = torch.log_softmax(logits, -1).gather(-1, batch["targets"].to(self.device)[..., None])[..., 0]
+        return logp, (entropy_from_logits(logits) if entropy else None)
+
+    def _micro_batches(self, rows: list[TrainRow]) -> list[tuple[list[TrainRow], bool]]:
+        """``rows`` cut into micro-batches, padded to the same count on every rank.
+
+        FSDP runs collectives inside every forward and backward, so all ranks must run the
+        same number; a rank with fewer rows runs extra passes on a copy of a row with its
+        loss mask zeroed (the flag is False for those), which add nothing to the gradient.
+        """
+        m = self.grpo.micro_batch_rows
+        micros = [(rows[j : j + m], True) for j in range(0, len(rows), m)]
+        if rows:
+            self._filler = rows[0]
+        n = int(_all_reduce(len(micros), dist.ReduceOp.MAX))
+        if len(micros) < n:
+            if self._filler is None:
+                raise RuntimeError(f"rank {self.rank} has no row to pad its micro-batches with")
+            f = self._filler
+            dummy = TrainRow(f.input_ids, f.mm_token_type_ids, f.videos, np.zeros_like(f.loss_mask), f.old_logprobs,
+                             decision=None if f.decision is None else np.full_like(f.decision, -1),
+                             ref_logprobs=np.zeros_like(f.old_logprobs))  # fmt: skip
+            micros += [([dummy], False)] * (n - len(micros))
+        return micros
+
+    @torch.no_grad()
+    def logprobs(self, rows: list[TrainRow], reference: bool = False) -> list[np.ndarray]:
+        """Per row, float32 ``[L]``: log-prob of token ``i`` given the tokens before it (0 at 0).
+
+        ``reference=True`` scores with the frozen reference model.
+        """
+        model = self.ref_model if reference else self.model
+        was_training = model.training
+        model.eval()
+        out = []
+        for chunk, real in self._micro_batches(rows):
+            logp, _ = self._token_logprobs(model, collate(chunk, self.pad_id))
+            for r, lp in zip(chunk if real else [], logp.cpu().numpy()):
+                out.append(np.concatenate([[0.0], lp[: len(r) - 1]]).astype(np.float32))
+        model.train(was_training)
+        return out
+
+    # -- updates ---------------------------------------------------------------------------
+    def grpo_update(
+        self, rows: list[TrainRow], ref_logprobs: list[np.ndarray] | None = None
+    ) -> dict[str, float]:
+        """``ppo_epochs`` × ``mini_batches`` optimizer steps of the clipped policy loss (verl).
+
+        Rows are shuffled with torch's generator (checkpointed RNG) each epoch. Old log-probs
+        are the rollout's (equal to the learner's on the same weights, test_rows).
+
+        Returns:
+            Means over micro-batches of the loss metrics, plus ``grad_norm`` and ``lr``.
+        """
+        if ref_logprobs is not None:
+            for r, ref in zip(rows, ref_logprobs):
+                r.ref_logprobs = ref
+        self.model.train()
+        sums: dict[str, list[float]] = {}
+        for _ in range(self.grpo.ppo_epochs):
+            order = torch.randperm(len(rows)).tolist()
+            for mb in np.array_split(np.array(order, dtype=np.int64), self.grpo.mini_batches):
+                mini = [rows[i] for i in mb]
+                tokens = _all_reduce(float(sum(r.num_loss_tokens for r in mini)))
+                seqs = _all_reduce(float(sum(r.num_loss_tokens > 0 for r in mini)))
+                mini_metrics: dict[str, list[float]] = {}
+                for micro, _ in self._micro_batches(mini):
+                    batch = collate(micro, self.pad_id)
+                    logp, ent = self._token_logprobs(self.model, batch, entropy=True)
+                    dev = {k: batch[k].to(self.device) for k in ("old_logprobs", "advantages", "loss_mask")}
+                    ref = None
+                    if self.ref_model is not None:
+                        ref = _shifted([r.ref_logprobs for r in micro], logp.shape).to(self.device)
+                    loss, metrics = policy_loss(
+                        logp, dev["old_logprobs"], dev["advantages"], dev["loss_mask"], self.grpo,
+                        ref_log_prob=ref, entropy=ent, batch_num_tokens=tokens, global_batch_size=seqs,
+                    )  # fmt: skip
+                    (loss * self.world_size).backward()  # FSDP averages gradients over ranks (verl's dp_size)
+                    for k, v in metrics.items():
+                        mini_metrics.setdefault(k, []).append(v)
+                # loss terms are each micro-batch's share of the mini-batch: they add up; rates average
+                for k, v in mini_metrics.items():
+                    agg = np.sum(v) if k in _SHARE_METRICS else np.mean(v)
+                    sums.setdefault(k, []).append(
+                        _all_reduce(float(agg)) if k in _SHARE_METRICS else float(agg)
+                    )
+                for k, v in self._step().items():
+                    sums.setdefault(k, []).append(v)
+        return {k: float(np.mean(v)) for k, v in sums.items()}
+
+    def sft_update(
+        self, rows: list[TrainRow], balance: bool = True, focal_gamma: float = 0.0
+    ) -> dict[str, float]:
+        """One optimizer step of weighted cross-entropy on the rows' masked tokens.
+
+        Every target token has weight 1 except the decision token of each turn (``<silent>``,
+        ``<response>``, ``<standby>``), weighted for class balance as Streamo does:
+        ``w = α_c (1 − p_c)^γ`` with ``α_c = (1/C) Σ_j n_j / n_c`` over the C classes present in
+        the batch (``balance``), and ``γ = focal_gamma`` (Streamo: 2; 0 = no focal term).
+        Loss = Σ w·(−log p) / (masked tokens in the global batch); one backward per micro-batch.
+
+        Returns:
+            ``loss``, ``decision_acc`` (p > 0.5 on decision tokens), ``grad_norm``, ``lr``.
+        """
+        self.model.train()
+        labels = np.concatenate([r.decision[r.decision >= 0] for r in rows if r.decision is not None] or [[]])
+        classes, counts = np.unique(labels.astype(np.int64), return_counts=True)
+        alpha = {int(c): counts.sum() / (len(classes) * n) for c, n in zip(classes, counts)}
+        tokens = _all_reduce(float(sum(r.num_loss_tokens for r in rows)))
+        loss_sum, hits, n_dec = 0.0, 0, 0
+        for micro, _ in self._micro_batches(rows):
+            batch = collate(micro, self.pad_id)
+            logp, _ = self._token_logprobs(self.model, batch)
+            w = batch["loss_mask"].to(self.device)
+            dec = batch["decision"].to(self.device)
+            is_dec = dec >= 0
+            if is_dec.any():
+                a = torch.ones_like(w)
+                if balance:
+                    for c, v in alpha.items():
+                        a[dec == c] = v
+                if focal_gamma > 0:
+                    a = a * (1 - logp.detach().exp()).clamp_min(0) ** focal_gamma
+                w = torch.where(is_dec, a, w)
+                hits += int((logp[is_dec] > math.log(0.5)).sum())
+                n_dec += int(is_dec.sum())
+            loss = (
+                -(w * logp).sum() / max(tokens, 1.0) * self.world_size
+            )  # FSDP averages gradients over ranks
+            loss.backward()
+            loss_sum += float(loss.detach()) / self.world_size
+        metrics = {"loss": _all_reduce(loss_sum), "decision_acc": hits / max(n_dec, 1)}
+        metrics.update(self._step())
+        return metrics
+
+    def _step(self) -> dict[str, float]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        lr = self.scheduler.get_last_lr()[0]
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return {"grad_norm": float(norm), "lr": lr, "skipped_nonfinite": float(not torch.isfinite(norm))}
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Full (unsharded) model, optimizer and scheduler states, on CPU (collective under FSDP)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=opts)
+        return {"model": model_sd, "optimizer": optim_sd, "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=opts)  # fmt: skip
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def export(self, out_dir, processor) -> None:
+        """Write a plain Hugging Face checkpoint (LoRA merged) that any engine can load."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        model = self.model
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return
+        if self.optim_cfg.lora.rank > 0:
+            model = model.merge_and_unload()
+            sd = None
+        model.save_pretrained(out_dir, state_dict=sd)
+        processor.save_pretrained(out_dir)
+
+
+_SHARE_METRICS = ("pg_loss", "kl", "entropy", "loss")
+_TARGET_KEYS = ("targets", "loss_mask", "old_logprobs", "advantages", "decision")
+
+
+def _shifted(per_row: list[np.ndarray], shape) -> torch.Tensor:
+    """Per-row ``[L]`` arrays as a right-padded ``[B, L-1]`` tensor aligned with targets."""
+    out = torch.zeros(shape)
+    for j, a in enumerate(per_row):
+        out[j, : len(a) - 1] = torch.from_numpy(a[1:])
+    return out
+
+
+def _shard(model) -> None:
+    """FSDP2: shard each decoder layer and vision block, then the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    mesh = init_device_mesh(device, (dist.get_world_size(),))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in [*base.model.language_model.layers, *base.model.visual.blocks]:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)

@@ -1,0 +1,149 @@
+"""Training metrics: one JSON line per ``log`` call, plus TensorBoard and optional W&B.
+
+``run_dir/metrics.jsonl`` is the record the report and tests read; each line is
+``{"step": int, "time": unix seconds, "<prefix><name>": float | null, ...}``, with NaN and inf
+written as null so every line is valid JSON. Only rank 0 writes.
+
+Example (resuming from a checkpoint at ``step``)::
+
+    with MetricsLogger(run_dir) as metrics:
+        metrics.truncate_after(step)  # drop what the crashed run logged past the checkpoint
+        metrics.log(step + 1, {"reward": 0.61, "reward/timing": 0.4})
+        metrics.log(step + 1, {"reward": 0.58}, prefix="eval/")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from streamreason.errors import ConfigError, RowError
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsLogger:
+    """Appends metrics to ``run_dir/metrics.jsonl``, ``run_dir/tensorboard/`` and W&B.
+
+    Args:
+        run_dir: the run folder (created if missing).
+        tensorboard: also write TensorBoard scalars under ``run_dir/tensorboard/``.
+        wandb_project: also log to this W&B project (a new W&B run per logger).
+        rank: the process's distributed rank; every call is a no-op unless it is 0.
+
+    Raises:
+        ConfigError: ``wandb_project`` is set and ``wandb`` is not installed.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        rank: int = 0,
+    ):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tensorboard_dir = Path(run_dir) / "tensorboard"
+        self._rank_zero = rank == 0
+        self._tensorboard = self._wandb = None
+        if not self._rank_zero:
+            return
+        if wandb_project is not None:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError(
+                    f"wandb_project={wandb_project!r} needs wandb: pip install wandb, or unset the project"
+                ) from None
+            self._wandb = wandb.init(project=wandb_project, dir=str(run_dir), name=Path(run_dir).name)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            self._tensorboard = SummaryWriter(self._tensorboard_dir)
+
+    def log(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
+        """Record ``metrics`` (name → number; 0-d tensors and NumPy scalars work) at ``step``.
+
+        Each name is written as ``prefix + name``. The JSON line is flushed at once; NaN and inf
+        become null there, are left out of TensorBoard and passed to W&B as they are.
+
+        Raises:
+            ValueError: a prefixed name is ``"step"`` or ``"time"``.
+        """
+        if not self._rank_zero:
+            return
+        values = {f"{prefix}{name}": float(value) for name, value in metrics.items()}
+        if reserved := values.keys() & {"step", "time"}:
+            raise ValueError(f"metric names {sorted(reserved)} are reserved for the line's step and time")
+        finite = {name: value for name, value in values.items() if math.isfinite(value)}
+        row = {"step": step, "time": time.time(), **{name: finite.get(name) for name in values}}
+        with open(self.path, "a") as f:  # closed at once, so a crashed process loses no logged line
+            f.write(json.dumps(row) + "\n")
+        if self._tensorboard is not None:
+            for name, value in finite.items():
+                self._tensorboard.add_scalar(name, value, step)
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop every record past ``step``, so a run resumed from that step logs no step twice.
+
+        Rewrites ``metrics.jsonl`` atomically without lines whose step is > ``step`` (and without
+        a last line torn by a crash), and reopens the TensorBoard writer with
+        ``purge_step=step + 1``, which hides the crashed run's later events. W&B is untouched.
+        """
+        if not self._rank_zero or not self.path.exists():
+            return
+        rows = [row for row in read_metrics(self.path) if row["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(tmp, self.path)
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = SummaryWriter(self._tensorboard_dir, purge_step=step + 1)
+
+    def close(self) -> None:
+        """Flush and close TensorBoard and W&B; later calls are no-ops."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        self._tensorboard = self._wandb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file, in file order (nulls as None).
+
+    A malformed last line (a write torn by a crash) is skipped with a warning.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RowError: a line other than the last is not a JSON object with an integer ``"step"``.
+    """
+    lines = Path(path).read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            valid = isinstance(row, dict) and isinstance(row.get("step"), int)
+        except json.JSONDecodeError:
+            valid = False
+        if valid:
+            rows.append(row)
+        elif number == len(lines):
+            logger.warning("skipping %s:%d: torn last line (a crash mid-write?)", path, number)
+        else:
+            raise RowError(f"{path}:{number}", "not a JSON object with an integer 'step'")
+    return rows

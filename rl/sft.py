@@ -1,0 +1,117 @@
+"""SFT warm-start on gold watch-think-speak trajectories.
+
+A gold trajectory says, for each chunk, the row's gold think trace (ThinkStream SFT
+``thoughts``, or the synthetic generator's) and the right decision: ``<response>answer`` in the
+chunk where a query's answer becomes correct, ``<silent>`` everywhere else. It is rolled out
+through the very loop, memory and chat encoding that GRPO uses, with a scripted engine that
+"generates" the gold tokens, so SFT trains on the same packed rows (and the same contexts) as RL.
+
+Silence dominates (one response per query against ~T silent turns), so the decision token of
+each turn is class-balanced and optionally focal-weighted (Streamo; ``Learner.sft_update``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamreason.rl.rows import TrainRow, build_rows
+from streamreason.rollout.chat import ChatEncoder
+from streamreason.rollout.engine import Engine, Generation
+from streamreason.rollout.loop import RolloutConfig, RowFailure, run_rollouts
+from streamreason.types import StreamRow
+
+DECISIONS = ("silent", "response", "standby")
+"""Decision classes, in label order (``TrainRow.decision`` values 0, 1, 2)."""
+
+
+@dataclass
+class SFTConfig:
+    """SFT warm-start (``streamreason sft``).
+
+    Attributes:
+        epochs: passes over the training rows.
+        lr: peak learning rate (ThinkStream's cold start: 1e-5 for Qwen2.5-VL-3B).
+        rows_per_step: dataset rows per optimizer step.
+        balance_decisions: class-balance the decision token (silent vs response).
+        focal_gamma: Streamo's focal exponent on the decision token (0 = off, Streamo: 2).
+    """
+
+    epochs: int = 3
+    lr: float = 1e-5
+    rows_per_step: int = 8
+    balance_decisions: bool = True
+    focal_gamma: float = 0.0
+
+
+def gold_turn(encoder: ChatEncoder, row: StreamRow, chunk_index: int, chunk_seconds: float) -> str:
+    """The gold text of ``row``'s turn at ``chunk_index``: its think trace, then the answer of
+    the first query whose answer becomes correct in this chunk, else ``<silent>``."""
+    start, end = chunk_index * chunk_seconds, (chunk_index + 1) * chunk_seconds
+    think = "; ".join(t.think for t in row.thoughts if start <= t.time_s < end)
+    for q in sorted(row.queries, key=lambda q: q.time_s):
+        at = q.time_s if q.answer_time_s is None else q.answer_time_s
+        if q.answer is not None and math.floor(at / chunk_seconds + 1e-9) == chunk_index:
+            return encoder.protocol.render(think, "response", q.answer)
+    return encoder.protocol.render(think, "silent")
+
+
+class ScriptedEngine(Engine):
+    """An engine that returns each turn's gold tokens (teacher forcing through the real loop).
+
+    Args:
+        encoder: the model's chat encoder.
+        rows: the rows being rolled out, by id.
+        chunk_seconds: the env's chunk length (the gold schedule is in chunks).
+    """
+
+    def __init__(self, encoder: ChatEncoder, rows: list[StreamRow], chunk_seconds: float):
+        self.encoder, self.chunk_seconds = encoder, chunk_seconds
+        self.rows = {r.id: r for r in rows}
+
+    def generate(self, requests, sampling, max_new_tokens, think_budget=None):
+        out = []
+        for req in requests:
+            row_id, _, k = req.key
+            ids = self.encoder.text(gold_turn(self.encoder, self.rows[row_id], k, self.chunk_seconds))
+            ids.append(self.encoder.end_of_turn_id)
+            out.append(Generation(ids, [0.0] * len(ids), [False] * len(ids), "stop"))
+        return out
+
+
+def decision_labels(row: TrainRow, encoder: ChatEncoder) -> np.ndarray:
+    """Label array ``[L]``: the decision class at the first token after each turn's think span
+    (where the row's loss mask starts a turn), -1 elsewhere."""
+    _, close = encoder.think_ids()
+    tags = [encoder.text(f"<{d}>") for d in DECISIONS]
+    ids, mask = row.input_ids.tolist(), row.loss_mask
+    labels = np.full(len(ids), -1, dtype=np.int64)
+    starts = [i for i in range(len(ids)) if mask[i] > 0 and (i == 0 or mask[i - 1] == 0)]
+    for s in starts:
+        end = s
+        while end < len(ids) and mask[end] > 0:
+            end += 1
+        turn = ids[s:end]
+        pos = next((j + len(close) for j in range(len(turn)) if turn[j : j + len(close)] == close), 0)
+        for c, tag in enumerate(tags):
+            if turn[pos : pos + len(tag)] == tag:
+                labels[s + pos] = c
+    return labels
+
+
+def sft_rows(
+    rows: list[StreamRow], *, pool, encoder: ChatEncoder, cfg: RolloutConfig
+) -> tuple[list[TrainRow], list[RowFailure]]:
+    """Gold trajectories of ``rows`` as packed training rows with decision labels.
+
+    Chunk length must not be adaptive per video (``cfg.env.adaptive_chunks`` False): the gold
+    schedule is cut at ``cfg.env.chunk_seconds``.
+    """
+    engine = ScriptedEngine(encoder, rows, cfg.env.chunk_seconds)
+    trajs, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg, group_size=1)
+    train = build_rows(trajs)
+    for r in train:
+        r.decision = decision_labels(r, encoder)
+    return train, failures

@@ -1,0 +1,128 @@
+"""Packed training rows: the learner's log-probs equal the rollout's on the same weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from streamreason.envs.pool import EnvPool
+from streamreason.envs.stream import EnvConfig
+from streamreason.rl.grpo import GRPOConfig
+from streamreason.rl.learner import Learner, OptimConfig
+from streamreason.rl.rows import build_rows
+from streamreason.rl.sft import decision_labels, gold_turn, sft_rows
+from streamreason.rollout.chat import ChatEncoder
+from streamreason.rollout.engine import SamplingConfig, TransformersEngine
+from streamreason.rollout.loop import RolloutConfig, run_rollouts
+from streamreason.rollout.memory import MemoryConfig
+from streamreason.rollout.protocol import ProtocolConfig, get_protocol
+from streamreason.types import read_rows
+
+ENV = EnvConfig(min_pixels=56 * 56, max_pixels=112 * 112, max_chunks=8)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, synth_splits):
+    from streamreason.modeling import load_policy
+
+    model, processor = load_policy(tiny_model_dir)
+    rows, _ = read_rows(synth_splits[0])
+    return model, processor, ChatEncoder(processor, get_protocol("watch_think_speak")), rows[:3]
+
+
+@pytest.mark.parametrize("window, block", [(3, 2), (2, 1), (20, 1)])
+def test_learner_logprobs_equal_rollout_logprobs(setup, window, block):
+    model, processor, encoder, rows = setup
+    cfg = RolloutConfig(env=ENV, memory=MemoryConfig(window_chunks=window, evict_block=block),
+                        protocol=ProtocolConfig(think_budget=4, max_new_tokens=10),
+                        sampling=SamplingConfig(temperature=0.8, top_p=0.9, top_k=30), group_size=2)  # fmt: skip
+    with EnvPool(ENV, in_process=True) as pool:
+        trajs, _ = run_rollouts(rows, pool=pool, engine=TransformersEngine(model, processor.tokenizer, seed=0),
+                                encoder=encoder, cfg=cfg)  # fmt: skip
+    rows_ = build_rows(trajs, advantages=list(range(len(trajs))))
+    n_turns = sum(len(t.turns) for t in trajs)
+    expected_rows = sum(len({turn.block_start for turn in t.turns}) for t in trajs)
+    assert len(rows_) == expected_rows
+    if window == 20:  # no eviction: one row per trajectory
+        assert len(rows_) == len(trajs)
+    elif block == 1:  # the window slides every turn once full
+        assert len(rows_) == sum(max(1, len(t.turns) - window + 1) for t in trajs) < n_turns
+    # every sampled token of every turn is in exactly one row
+    assert sum(r.num_loss_tokens for r in rows_) == sum(
+        int(turn.response_mask.sum()) for t in trajs for turn in t.turns
+    )
+    assert all(r.advantage == r.traj_index for r in rows_)
+    learner = Learner(model, OptimConfig(), GRPOConfig(micro_batch_rows=3), total_steps=1,
+                      pad_id=processor.tokenizer.pad_token_id, temperature=0.8)  # fmt: skip
+    diffs = [np.abs(lp - r.old_logprobs)[r.loss_mask > 0] for r, lp in zip(rows_, learner.logprobs(rows_))]
+    worst = float(np.concatenate(diffs).max())
+    print(f"max |learner - rollout| log-prob difference (W={window}, B={block}): {worst:.2e}")
+    assert worst < 1e-4
+
+
+def test_gold_trajectories_for_sft(setup):
+    model, processor, encoder, rows = setup
+    row = rows[0]
+    q = row.queries[0]
+    gt_chunk = int(q.answer_time_s // 1.0)
+    assert gold_turn(encoder, row, gt_chunk, 1.0).endswith(f"<response>{q.answer}")
+    assert gold_turn(encoder, row, gt_chunk + 1, 1.0).endswith("<silent>")
+    cfg = RolloutConfig(env=ENV)
+    with EnvPool(ENV, in_process=True) as pool:
+        train, failures = sft_rows(rows, pool=pool, encoder=encoder, cfg=cfg)
+    assert not failures
+    labels = np.concatenate([r.decision[r.decision >= 0] for r in train])
+    n_turns = sum(int(np.ceil(r.meta["duration_s"])) for r in rows)
+    assert len(labels) == n_turns  # one decision per turn
+    n_answers = sum(1 for r in rows for q in r.queries if q.answer_time_s < r.meta["duration_s"])
+    assert int((labels == 1).sum()) == len({(r.id, int(q.answer_time_s)) for r in rows for q in r.queries})
+    assert n_answers >= 1 and int((labels == 0).sum()) == len(labels) - int((labels == 1).sum())
+    assert (decision_labels(train[0], encoder) == train[0].decision).all()
+
+
+def test_sft_update_fits_the_gold_turns(setup):
+    model, processor, encoder, rows = setup
+    import copy
+
+    model = copy.deepcopy(model)
+    with EnvPool(ENV, in_process=True) as pool:
+        train, _ = sft_rows(rows, pool=pool, encoder=encoder, cfg=RolloutConfig(env=ENV))
+    learner = Learner(model, OptimConfig(lr=3e-3, schedule="constant", warmup_ratio=0), GRPOConfig(micro_batch_rows=4),
+                      total_steps=30, pad_id=processor.tokenizer.pad_token_id)  # fmt: skip
+    losses = [learner.sft_update(train, balance=True, focal_gamma=2.0)["loss"] for _ in range(30)]
+    assert losses[-1] < 0.6 * losses[0]
+    assert all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize(
+    "optim",
+    [
+        OptimConfig(lora={"rank": 4}, warmup_ratio=0),
+        OptimConfig(freeze_vision=True, gradient_checkpointing=True, warmup_ratio=0),
+        OptimConfig(dtype="bfloat16", warmup_ratio=0),
+    ],
+    ids=["lora", "frozen-vision+checkpointing", "bf16"],
+)
+def test_learner_options_train_the_right_parameters(setup, optim):
+    import copy
+
+    from streamreason.rl.learner import LoraConfig
+
+    model, processor, encoder, rows = setup
+    if isinstance(optim.lora, dict):
+        optim.lora = LoraConfig(**optim.lora)
+    model = copy.deepcopy(model).to(getattr(torch, optim.dtype))
+    with EnvPool(ENV, in_process=True) as pool:
+        train, _ = sft_rows(rows[:1], pool=pool, encoder=encoder, cfg=RolloutConfig(env=ENV))
+    for r in train:
+        r.advantage = 1.0
+    learner = Learner(model, optim, GRPOConfig(), total_steps=2, pad_id=processor.tokenizer.pad_token_id)
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    metrics = learner.grpo_update(train)
+    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0, metrics
+    changed = {n for n, p in learner.model.named_parameters() if not torch.equal(p, before[n])}
+    if optim.lora.rank:
+        assert changed and all("lora_" in n for n in changed)
+    elif optim.freeze_vision:
+        assert changed and not any(".visual." in n for n in changed)
+    else:
+        assert any(".visual." in n for n in changed) and any("language_model" in n for n in changed)

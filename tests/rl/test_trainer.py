@@ -1,0 +1,92 @@
+"""The local trainer end to end: resume after a kill, torchrun on 2 CPU processes, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from streamreason.cli import main
+from streamreason.rl.metrics import read_metrics
+
+from .conftest import RECIPE
+
+# Wall-clock figures differ between runs; everything else must match exactly.
+TIMING = {"time", "step_time_s", "rollout_s", "update_s", "rollout_tokens_per_s", "train_tokens_per_s"}
+
+
+def _train(overrides, *extra, env=None, wait=True):
+    cmd = [sys.executable, "-m", "streamreason", "train", RECIPE, *overrides, *extra]
+    env = {**os.environ, **(env or {})}
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _steps(run_dir):
+    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run_dir / "metrics.jsonl")
+            if not any(k.startswith("eval/") for k in r)}  # fmt: skip
+
+
+def test_kill_then_resume_matches_an_uninterrupted_run(small_overrides, tmp_path):
+    base = [*small_overrides, "trainer.steps=4", "trainer.checkpoint_every=2"]
+    straight = tmp_path / "straight"
+    done = _train([*base, f"trainer.run_dir={straight}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = tmp_path / "killed"
+    proc = _train([*base, f"trainer.run_dir={killed}"], wait=False)
+    manifest = killed / "checkpoints" / "step_00000002" / "manifest.json"
+    deadline = time.time() + 300
+    while not manifest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert manifest.exists()
+    assert not (killed / "checkpoints" / "step_00000004").exists()  # killed mid-run
+    resumed = _train([*base, f"trainer.run_dir={killed}"], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _steps(straight), _steps(killed)
+    assert sorted(b) == [1, 2, 3, 4]  # no lost and no duplicated step
+    for step in (3, 4):
+        assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-9), step
+    assert (killed / "final" / "model.safetensors").is_file()
+
+
+def test_torchrun_two_cpu_processes(small_overrides, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "streamreason", "train",
+           RECIPE, *small_overrides, "trainer.steps=2", "trainer.checkpoint_every=2", f"trainer.run_dir={run}"]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    steps = _steps(run)
+    assert sorted(steps) == [1, 2]
+    assert all(s["loss"] == s["loss"] and s["grad_norm"] > 0 for s in steps.values() if "loss" in s)
+    assert (run / "checkpoints" / "step_00000002" / "manifest.json").is_file()
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_unknown_key_names_the_closest_valid_one(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", RECIPE, "rl.clip_ratio_hgh=0.3"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "unknown config key 'rl.clip_ratio_hgh'" in err and "did you mean 'rl.clip_ratio_high'" in err
+
+
+def test_metrics_cover_the_documented_set(small_overrides, tmp_path):
+    run = tmp_path / "m"
+    done = _train([*small_overrides, "trainer.steps=1", f"trainer.run_dir={run}", "trainer.tensorboard=true"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(run / "metrics.jsonl")
+    train, evals = rows[0], rows[-1]
+    for key in ("reward", "reward/timing", "reward/correctness", "accuracy", "response_rate", "think_tokens",
+                "pg_clipfrac", "entropy", "grad_norm", "rollout_tokens_per_s", "step_time_s", "reward_std"):  # fmt: skip
+        assert key in train, key
+    assert "eval/reward" in evals and "eval/reward_stderr" in evals
+    assert list((run / "tensorboard").iterdir())
+    assert json.loads((run / "checkpoints" / "step_00000001" / "manifest.json").read_text())
