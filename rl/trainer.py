@@ -208,6 +208,10 @@ class LocalTrainer:
             set_rng_state(state["trainer"]["rng"][self.rank])
             self._sync_engine(learner)
             logger.truncate_after(start)
+        elif (self.run_dir / "metrics.jsonl").exists():
+            raise ConfigError(
+                f"{self.run_dir} already holds a run: pass --resume, or set another trainer.run_dir"
+            )
         elif self.rank == 0:
             (self.run_dir / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
             from streamreason.config import to_yaml
@@ -318,6 +322,8 @@ class LocalTrainer:
     def sft(self) -> dict[str, float]:
         """SFT warm-start on the gold trajectories of ``data.train``; exports ``run_dir/final``."""
         cfg, sc = self.cfg, self.cfg.sft
+        if (self.run_dir / "metrics.jsonl").exists():
+            raise ConfigError(f"{self.run_dir} already holds a run: set another trainer.run_dir")
         rows, _ = self._rows(cfg.data.train)
         rows = self._shard(rows)
         train, failures = sft_rows(rows, pool=self.pool, encoder=self.encoder, cfg=cfg.rollout)
@@ -353,6 +359,10 @@ class LocalTrainer:
 def write_eval(path: Path, name: str, res: EvalResult) -> None:
     """Store an eval (means, standard errors, signed timing errors) as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"name": name, "mean": res.mean, "stderr": res.stderr,
+    per_row = {
+        rid: float(np.mean([x["reward"] for x in xs if "reward" in x] or [math.nan]))
+        for rid, xs in res.per_row.items()
+    }
+    path.write_text(json.dumps({"name": name, "mean": res.mean, "stderr": res.stderr, "row_reward": per_row,
                                 "timing_errors_s": res.timing_errors_s, "trajectories": res.trajectories,
                                 "rows_failed": res.rows_failed}, indent=1))  # fmt: skip

@@ -237,7 +237,9 @@ def run_rollouts(
             x.memory.add_chunk(head, video, tail)
             prompt = x.memory.prompt()
             key = (x.traj.row.id, x.traj.group_index, k)
-            request = GenerationRequest(prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos), key)
+            request = GenerationRequest(
+                prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos), key
+            )
             requests.append((prompt, request))
         gens = engine.generate([r for _, r in requests], cfg.sampling, cfg.protocol.max_new_tokens, budget)
         actions = []

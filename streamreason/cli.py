@@ -195,40 +195,23 @@ def trajectory_record(traj, result) -> dict:
 
 
 def _print_summary(console, results, skipped: int) -> None:
-    """Summary table: mean (± std over trajectories) of the reward, each component, accuracy,
-    timing error, and per-turn behaviour. ``results`` pairs trajectories with their
-    RewardResult, or None when there is no ground truth to score."""
+    """Summary table: mean and std over trajectories of the statistics that training and eval
+    report (``rl/evaluate.py``). ``results`` pairs trajectories with their RewardResult, or None
+    when there is no ground truth to score."""
     import numpy as np
     from rich.table import Table
 
-    from streamreason.rewards.outcomes import query_outcomes
+    from streamreason.rl.evaluate import trajectory_stats
 
-    scored = [(t, r) for t, r in results if r is not None]
-    ok = [(t, r) for t, r in scored if r.ok]
-    table = Table(
-        title=f"{len(results)} trajectories, {skipped} rows skipped, {len(scored) - len(ok)} reward failures"
-    )
-    table.add_column("metric")
-    table.add_column("mean", justify="right")
-    table.add_column("std", justify="right")
-
-    def add(name, values):
-        values = [v for v in values if v is not None and not math.isnan(v)]
+    stats = [trajectory_stats(t, r) for t, r in results]
+    failed = sum(1 for _, r in results if r is not None and not r.ok)
+    table = Table(title=f"{len(results)} trajectories, {skipped} rows skipped, {failed} reward failures")
+    for col in ("metric", "mean", "std"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key in dict.fromkeys(k for s in stats for k in s):
+        values = [s[key] for s in stats if key in s and not math.isnan(s[key])]
         if values:
-            table.add_row(name, f"{np.mean(values):.3f}", f"{np.std(values):.3f}")
-
-    if ok:
-        add("reward", [r.total for _, r in ok])
-        for name in ok[0][1].components:
-            add(f"  {name}", [r.components.get(name) for _, r in ok])
-        outcomes = [o for t, _ in ok for o in query_outcomes(t.episode())]
-        add("accuracy", [float(o.correct) for o in outcomes if o.correct is not None])
-        add("|timing error| (s)", [abs(o.timing_error_s) for o in outcomes if o.timing_error_s is not None])
-    turns = [turn for t, _ in results for turn in t.turns]
-    add("response rate (per turn)", [float(x.parsed.action == "response") for x in turns])
-    add("format ok (per turn)", [float(x.parsed.format_ok) for x in turns])
-    add("think tokens (per turn)", [x.think_tokens for x in turns])
-    add("context tokens (per turn)", [x.memory.context_tokens for x in turns])
+            table.add_row(key, f"{np.mean(values):.3f}", f"{np.std(values):.3f}")
     console.print(table)
 
 
@@ -288,6 +271,20 @@ def _eval_row(name: str, mean: dict, stderr: dict) -> dict:
     return row
 
 
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, int]:
+    """Mean of ``b[row] - a[row]`` over the rows both scored, its standard error, and the count.
+
+    Both policies are evaluated on the same rows, so the per-row difference removes the rows'
+    own difficulty from the noise (a paired comparison).
+    """
+    import numpy as np
+
+    d = np.array([b[k] - a[k] for k in a.keys() & b.keys() if not (math.isnan(a[k]) or math.isnan(b[k]))])
+    if len(d) < 2:
+        return float("nan"), float("nan"), len(d)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
+
+
 def _cmd_report(args) -> None:
     """Compare evals (JSON from ``eval --out``) in a table and plot a run's curves."""
     from rich.console import Console
@@ -306,11 +303,11 @@ def _cmd_report(args) -> None:
             [_eval_row(e["name"], e["mean"], e["stderr"]) for e in evals], "eval (mean ± stderr over rows)"
         )
     )
-    if len(evals) >= 2 and "reward" in evals[-1]["mean"]:
+    if len(evals) >= 2:
         a, b = evals[-2], evals[-1]
-        diff = b["mean"]["reward"] - a["mean"]["reward"]
-        se = math.hypot(a["stderr"]["reward"], b["stderr"]["reward"])
-        console.print(f"{b['name']} - {a['name']}: reward {diff:+.3f} ({diff / se:+.1f} standard errors)")
+        diff, se, n = paired_difference(a["row_reward"], b["row_reward"])
+        console.print(f"{b['name']} - {a['name']}: mean reward {diff:+.3f} over {n} eval rows, paired standard "
+                      f"error {se:.3f} ({diff / se:+.1f} standard errors)")  # fmt: skip
     console.print(f"report written to {png}")
 
 

@@ -135,6 +135,13 @@ def load_config(
             raise ConfigError(f"unknown config key {key!r} ({where}){hint}") from None
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad value for {e.full_key!r} ({where}): {e.msg}") from None
+    # A recipe marks what the user must supply with ???; merging keeps the schema's default
+    # there, so check the recipe itself against the overrides.
+    given = {item.split("=", 1)[0] for item in overrides}
+    missing = sorted(k for _, layer in layers[:1] if path is not None for k in OmegaConf.missing_keys(layer))
+    missing = [k for k in missing if k not in given]
+    if missing:
+        raise ConfigError(f"recipe {str(path)!r} needs {missing}: pass them, e.g. {missing[0]}=...")
     try:
         return OmegaConf.to_object(cfg)
     except StreamReasonError:

@@ -90,3 +90,21 @@ def test_metrics_cover_the_documented_set(small_overrides, tmp_path):
     assert "eval/reward" in evals and "eval/reward_stderr" in evals
     assert list((run / "tensorboard").iterdir())
     assert json.loads((run / "checkpoints" / "step_00000001" / "manifest.json").read_text())
+
+
+def test_sigterm_checkpoints_and_stops(small_overrides, tmp_path):
+    run = tmp_path / "term"
+    proc = _train(
+        [*small_overrides, "trainer.steps=50", "trainer.checkpoint_every=0", f"trainer.run_dir={run}"],
+        wait=False,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while (not metrics.exists() or not metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0
+    ckpts = sorted((run / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and (ckpts[0] / "manifest.json").is_file()
+    stopped_at = int(ckpts[0].name.split("_")[1])
+    assert 1 <= stopped_at < 50 and max(_steps(run)) == stopped_at
