@@ -31,11 +31,11 @@ demo: install
 	$(SR) model tiny models/tiny
 	$(SR) data synth data/synth/train --n 256 --seed 0 --min-seconds 6 --max-seconds 10
 	$(SR) data synth data/synth/eval --n 48 --seed 1 --min-seconds 6 --max-seconds 10
-	$(SR) eval $(RECIPE) --model models/tiny --name "random init" --out $(RUN)/evals/init.json
+	$(SR) eval $(RECIPE) --model models/tiny --name "random init" --out $(RUN)/evals/init.json trainer.eval_samples=2
 	$(SR) sft $(RECIPE) trainer.run_dir=$(RUN)/sft
-	$(SR) eval $(RECIPE) --model $(RUN)/sft/final --name "after SFT" --out $(RUN)/evals/sft.json
+	$(SR) eval $(RECIPE) --model $(RUN)/sft/final --name "after SFT" --out $(RUN)/evals/sft.json trainer.eval_samples=8
 	$(SR) train $(RECIPE) model=$(RUN)/sft/final trainer.run_dir=$(RUN)/grpo
-	$(SR) eval $(RECIPE) --model $(RUN)/grpo/final --name "after GRPO" --out $(RUN)/evals/grpo.json
+	$(SR) eval $(RECIPE) --model $(RUN)/grpo/final --name "after GRPO" --out $(RUN)/evals/grpo.json trainer.eval_samples=8
 	$(SR) report $(RUN)/grpo --png $(RUN)/report.png \
 		--evals $(RUN)/evals/init.json $(RUN)/evals/sft.json $(RUN)/evals/grpo.json
 

@@ -90,9 +90,13 @@ def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
 
 def _reward_series(rows: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
     """``prefix + "reward"`` and every ``prefix + "reward/<component>"`` → (steps, values),
-    skipping nulls; the total first, then components by name."""
+    skipping nulls and spread statistics (``_std``, ``_stderr``); the total first, then
+    components by name."""
     total = f"{prefix}reward"
-    keys = {k for row in rows for k in row if k == total or k.startswith(total + "/")}
+    keys = {
+        k for row in rows for k in row
+        if (k == total or k.startswith(total + "/")) and not k.endswith(("_std", "_stderr"))
+    }  # fmt: skip
     series = {}
     for key in sorted(keys, key=lambda k: (k != total, k)):
         points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
@@ -105,7 +109,14 @@ def _reward_series(rows: list[dict[str, Any]], prefix: str) -> dict[str, tuple[l
 def _plot_series(ax: Axes, series: dict[str, tuple[list[int], list[float]]], title: str) -> None:
     for key, (steps, values) in series.items():
         total = key.endswith("reward")
-        ax.plot(steps, values, label=key, linewidth=2.0 if total else 1.0, marker="." if total else None)
+        few = len(steps) < 10  # evals: markers, so a single point shows
+        ax.plot(
+            steps,
+            values,
+            label=key,
+            linewidth=2.0 if total else 1.0,
+            marker="o" if few else ("." if total else None),
+        )
     ax.set(title=title, xlabel="step", ylabel="mean reward")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -141,7 +141,12 @@ class LocalTrainer:
         self.stop_requested = False
 
     # -- shared pieces ---------------------------------------------------------------------
-    def _rows(self, path: str, limit: int = 0):
+    def load_rows(self, path: str, limit: int = 0):
+        """``(rows, n_malformed)`` of a JSONL (the first ``limit`` rows when > 0).
+
+        Raises:
+            ConfigError: the file is missing or holds no valid row.
+        """
         from streamreason.types import read_rows
 
         if not Path(path).is_file():
@@ -192,8 +197,8 @@ class LocalTrainer:
     def train(self, resume: bool = False) -> dict[str, float]:
         """Run ``trainer.steps`` GRPO steps; returns the last eval's means."""
         cfg, tc = self.cfg, self.cfg.trainer
-        train_rows, bad_train = self._rows(cfg.data.train)
-        eval_rows, _ = self._rows(cfg.data.eval, cfg.data.eval_rows)
+        train_rows, bad_train = self.load_rows(cfg.data.train)
+        eval_rows, _ = self.load_rows(cfg.data.eval, cfg.data.eval_rows)
         updates_per_step = cfg.rl.ppo_epochs * cfg.rl.mini_batches
         learner = self._learner(tc.steps * updates_per_step)
         sampler = RowSampler(len(train_rows), tc.seed)
@@ -324,7 +329,7 @@ class LocalTrainer:
         cfg, sc = self.cfg, self.cfg.sft
         if (self.run_dir / "metrics.jsonl").exists():
             raise ConfigError(f"{self.run_dir} already holds a run: set another trainer.run_dir")
-        rows, _ = self._rows(cfg.data.train)
+        rows, _ = self.load_rows(cfg.data.train)
         rows = self._shard(rows)
         train, failures = sft_rows(rows, pool=self.pool, encoder=self.encoder, cfg=cfg.rollout)
         by_row: dict[int, list] = {}

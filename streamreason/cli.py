@@ -249,25 +249,25 @@ def _cmd_eval(args) -> None:
     overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     trainer = LocalTrainer(cfg)
-    rows, _ = trainer._rows(cfg.data.eval, cfg.data.eval_rows)
+    rows, _ = trainer.load_rows(cfg.data.eval, cfg.data.eval_rows)
     res = trainer.evaluate(rows, cfg.trainer.eval_samples)
     trainer.pool.shutdown()
     name = args.name or Path(cfg.model).name
     if args.out:
         write_eval(Path(args.out), name, res)
-    Console().print(summary_table([_eval_row(name, res.mean, res.stderr)], f"eval on {cfg.data.eval}"))
-
-
-_EVAL_COLUMNS = {"reward": "reward", "reward/format": "format", "reward/timing": "timing",
-                 "reward/correctness": "correctness", "reward/efficiency": "efficiency",
-                 "accuracy": "accuracy", "abs_timing_error_s": "|timing error| s"}  # fmt: skip
+    Console(width=150).print(
+        summary_table([_eval_row(name, res.mean, res.stderr)], f"eval on {cfg.data.eval}")
+    )
 
 
 def _eval_row(name: str, mean: dict, stderr: dict) -> dict:
+    """A table row: the reward, each reward component, accuracy and mean |timing error|."""
+    keys = ["reward", *sorted(k for k in mean if k.startswith("reward/")), "accuracy", "abs_timing_error_s"]
+    names = {"abs_timing_error_s": "|timing error| s"}
     row = {"model": name}
-    for key, col in _EVAL_COLUMNS.items():
+    for key in keys:
         if key in mean:
-            row[col] = (mean[key], stderr.get(key, float("nan")))
+            row[names.get(key, key.removeprefix("reward/"))] = (mean[key], stderr.get(key, float("nan")))
     return row
 
 
@@ -297,7 +297,7 @@ def _cmd_report(args) -> None:
         json.dumps({e["name"]: e["timing_errors_s"] for e in evals})
     )
     png = write_report(run_dir, args.png)
-    console = Console()
+    console = Console(width=150)
     console.print(
         summary_table(
             [_eval_row(e["name"], e["mean"], e["stderr"]) for e in evals], "eval (mean ± stderr over rows)"
@@ -376,8 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; ``key=value`` overrides may stand before or after options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # argparse leaves overrides after options here
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         args.func(args)
     except StreamReasonError as e:

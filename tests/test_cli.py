@@ -63,13 +63,11 @@ def test_dataset_rollout_skips_bad_rows_and_completes(tiny_model_dir, tmp_path, 
     assert "4 rows skipped" in printed
     for name in (f"{data}:2", f"{data}:5", "missing.mp4", "corrupt.mp4"):
         assert name in printed.replace("\n", "")
+    from streamreason.config import load_config
+
+    components = set(load_config(RECIPE).rewards.weights)
     for r in records:
-        assert len(r["turns"]) == 6 and set(r["components"]) == {
-            "format",
-            "timing",
-            "correctness",
-            "efficiency",
-        }
+        assert len(r["turns"]) == 6 and set(r["components"]) == components
 
 
 def test_unknown_config_key_names_the_closest(tiny_model_dir, capsys):
@@ -83,3 +81,19 @@ def test_unknown_config_key_names_the_closest(tiny_model_dir, capsys):
 def test_model_tiny_command(tmp_path, capsys):
     main(["model", "tiny", str(tmp_path / "m")])
     assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_overrides_may_follow_options():
+    from streamreason.cli import parse_args
+
+    args = parse_args(["eval", "r.yaml", "a.b=1", "--model", "m", "c=2", "--name", "n", "d.e=3"])
+    assert (args.recipe, args.model, args.name, args.overrides) == (
+        "r.yaml",
+        "m",
+        "n",
+        ["a.b=1", "c=2", "d.e=3"],
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["eval", "r.yaml", "--bogus"])
+    with pytest.raises(SystemExit):
+        parse_args(["model", "tiny", "out", "x=1"])  # no config here
