@@ -54,4 +54,6 @@ def test_dict_sections_merge_and_override():
         RECIPES / "tiny_synthetic.yaml",
         ["rewards.weights.timing=0.5", "rewards.params.timing.slack_seconds=2"],
     )
-    assert cfg.rewards.weights["timing"] == 0.5 and cfg.rewards.params == {"timing": {"slack_seconds": 2}}
+    assert cfg.rewards.weights["timing"] == 0.5 and cfg.rewards.weights["format"] == 0.1  # the recipe's, kept
+    assert cfg.rewards.params["timing"] == {"slack_seconds": 2}
+    assert cfg.rewards.params["efficiency"] == {"min_think_tokens": 8, "think_step_tokens": 2}
