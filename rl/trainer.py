@@ -288,10 +288,8 @@ class LocalTrainer:
         mean, _ = summarize({str(i): [s] for i, s in enumerate(all_stats)})
         for k, v in mean.items():
             metrics[k] = v
-        for k in ("reward", "reward/timing", "reward/correctness"):
-            vals = [s[k] for s in all_stats if k in s]
-            if vals:
-                metrics[f"{k}_std"] = float(np.std(vals))
+        for k in [k for k in mean if k == "reward" or k.startswith("reward/")]:  # spread of each component
+            metrics[f"{k}_std"] = float(np.std([s[k] for s in all_stats if k in s]))
         train_tokens = sum(len(r) for r in train)
         metrics.update(
             rows_failed=float(sum(self._gather([len(failures)]))),
