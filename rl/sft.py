@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamreason.rl.rows import TrainRow, build_rows
-from streamreason.rollout.chat import ChatEncoder
+from streamreason.rollout.chat import ChatEncoder, find_subsequence
 from streamreason.rollout.engine import Engine, Generation
 from streamreason.rollout.loop import RolloutConfig, RowFailure, run_rollouts
 from streamreason.types import StreamRow
@@ -94,7 +94,8 @@ def decision_labels(row: TrainRow, encoder: ChatEncoder) -> np.ndarray:
         while end < len(ids) and mask[end] > 0:
             end += 1
         turn = ids[s:end]
-        pos = next((j + len(close) for j in range(len(turn)) if turn[j : j + len(close)] == close), 0)
+        at = find_subsequence(turn, close)
+        pos = 0 if at < 0 else at + len(close)
         for c, tag in enumerate(tags):
             if turn[pos : pos + len(tag)] == tag:
                 labels[s + pos] = c

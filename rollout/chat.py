@@ -50,6 +50,13 @@ class VideoSegment:
         return sum(1 for t in self.mm_token_type_ids if t != 0)
 
 
+def find_subsequence(seq, sub, start: int = 0) -> int:
+    """Index of the first occurrence of token ids ``sub`` in ``seq`` at or after ``start``; -1 if none."""
+    seq, sub = list(seq), list(sub)
+    n = len(sub)
+    return next((i for i in range(start, len(seq) - n + 1) if seq[i : i + n] == sub), -1)
+
+
 def concat_videos(videos: list[VideoSegment]) -> dict[str, torch.Tensor]:
     """The multimodal keyword arguments of a prompt holding ``videos`` in order ({} if none)."""
     if not videos:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from streamreason.errors import ConfigError
+from streamreason.rollout.chat import find_subsequence
 
 
 @dataclass
@@ -74,17 +75,8 @@ class ThinkBudget:
         forced = self.forced(generated + [-1])
         if not forced[-1]:
             return None
-        after = len(generated) - _index_after(generated, self.open_ids)
+        after = len(generated) - find_subsequence(generated, self.open_ids) - len(self.open_ids)
         return self.close_ids[min(after - self.budget, len(self.close_ids) - 1)]
-
-
-def _index_after(seq: list[int], sub: tuple[int, ...]) -> int:
-    """Index just after the first occurrence of ``sub`` in ``seq``."""
-    n = len(sub)
-    for i in range(len(seq) - n + 1):
-        if tuple(seq[i : i + n]) == sub:
-            return i + n
-    raise ValueError("sub-sequence not found")
 
 
 @dataclass

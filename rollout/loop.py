@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from streamreason.envs.pool import EnvPool
 from streamreason.envs.stream import EnvConfig
 from streamreason.errors import StreamReasonError
-from streamreason.rollout.chat import ChatEncoder, VideoSegment, concat_videos
+from streamreason.rollout.chat import ChatEncoder, VideoSegment, concat_videos, find_subsequence
 from streamreason.rollout.engine import Engine, GenerationRequest, SamplingConfig, ThinkBudget
 from streamreason.rollout.memory import MemoryConfig, MemoryStats, VisualWindowMemory
 from streamreason.rollout.protocol import ParsedTurn, ProtocolConfig
@@ -166,12 +166,11 @@ class _Live:
 
 def count_think_tokens(ids: list[int], open_ids: list[int], close_ids: list[int]) -> int:
     """Tokens strictly between the first think open tag and the close tag (or the end)."""
-    n, m = len(open_ids), len(close_ids)
-    start = next((i + n for i in range(len(ids) - n + 1) if ids[i : i + n] == open_ids), None)
-    if start is None:
+    start = find_subsequence(ids, open_ids)
+    if start < 0:
         return 0
-    end = next((j for j in range(start, len(ids) - m + 1) if ids[j : j + m] == close_ids), len(ids))
-    return end - start
+    end = find_subsequence(ids, close_ids, start + len(open_ids))
+    return (len(ids) if end < 0 else end) - start - len(open_ids)
 
 
 def run_rollouts(
