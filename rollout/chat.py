@@ -38,11 +38,23 @@ class VideoSegment:
         tensors: the processor's multimodal tensors for this one video, e.g.
             ``pixel_values_videos`` float32 ``[patches, C*T*P*P]``, ``video_grid_thw`` int64
             ``[1, 3]``, ``second_per_grid_ts`` float32 ``[1]`` (Qwen2.5-VL).
+        frames: the raw uint8 frames ``[F, H, W, 3]`` (engines that run their own processor,
+            such as vLLM, take these).
+        fps: frames per second of ``frames``.
     """
 
     ids: list[int]
     mm_token_type_ids: list[int]
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    frames: np.ndarray | None = field(default=None, repr=False)
+    fps: float = 0.0
+
+    def metadata(self) -> dict:
+        """The frames' metadata as transformers' ``VideoMetadata`` fields (vLLM and verl take it
+        beside the frames, so their processors see the same fps as :meth:`ChatEncoder.video`)."""
+        f, h, w = self.frames.shape[:3]
+        return {"total_num_frames": f, "fps": self.fps, "frames_indices": list(range(f)), "height": h,
+                "width": w, "duration": f / self.fps}  # fmt: skip
 
     @property
     def visual_tokens(self) -> int:
@@ -119,9 +131,10 @@ class ChatEncoder:
             )
         from transformers.video_utils import VideoMetadata
 
+        frames = np.array(frames)  # a writable copy (Ray hands out read-only views)
         meta = VideoMetadata(total_num_frames=f, fps=fps, frames_indices=list(range(f)), height=h, width=w)
         out = self.processor(
-            text=[self.processor.video_token], videos=[np.array(frames)], video_metadata=[meta],
+            text=[self.processor.video_token], videos=[frames], video_metadata=[meta],
             do_resize=False, return_tensors="pt",
         )  # fmt: skip
         ids = out["input_ids"][0].tolist()
@@ -132,7 +145,7 @@ class ChatEncoder:
             ids = [self.vision_start_id, *ids, self.vision_end_id]
             types = [0, *types, 0]
         tensors = {k: v for k, v in out.items() if k not in _TOKEN_KEYS and isinstance(v, torch.Tensor)}
-        return VideoSegment(ids, types, tensors)
+        return VideoSegment(ids, types, tensors, frames=frames, fps=float(fps))
 
     def _types(self, ids: list[int]) -> list[int]:
         video_id = self.tokenizer.convert_tokens_to_ids(self.processor.video_token)

@@ -68,6 +68,18 @@ class ThinkBudget:
                 closed = tail == self.close_ids
         return out
 
+    def cut(self, generated: list[int]) -> int | None:
+        """Where the budget would have started forcing ``generated`` (sampled without it), or None.
+
+        An engine that cannot force tokens mid-generation (vLLM) samples freely, keeps
+        ``generated[:cut]``, appends :attr:`close_ids` (forced) and continues sampling after
+        them: the same distribution as forcing at each step (the tokens before ``cut`` are
+        sampled from identical contexts).
+        """
+        if self.budget <= 0:
+            return None
+        return next((i for i, f in enumerate(self.forced(generated)) if f), None)
+
     def next_forced(self, generated: list[int]) -> int | None:
         """The token the budget forces at the next step, or None."""
         if self.budget <= 0:
@@ -90,12 +102,15 @@ class GenerationRequest:
             ``video_grid_thw``, ...), videos concatenated in prompt order; {} for text only.
         key: ``(row_id, group_index, chunk_index)`` of the turn (engines may ignore it; a
             scripted engine uses it to look up the turn's gold output).
+        videos: the prompt's video segments in order, raw frames included (for engines that
+            run their own processor).
     """
 
     prompt_ids: list[int]
     mm_token_type_ids: list[int]
     mm_inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     key: tuple | None = None
+    videos: list = field(default_factory=list, repr=False)
 
 
 @dataclass

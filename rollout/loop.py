@@ -24,7 +24,7 @@ from streamreason.envs.pool import EnvPool
 from streamreason.envs.stream import EnvConfig
 from streamreason.errors import StreamReasonError
 from streamreason.rollout.chat import ChatEncoder, VideoSegment, concat_videos, find_subsequence
-from streamreason.rollout.engine import Engine, GenerationRequest, SamplingConfig, ThinkBudget
+from streamreason.rollout.engine import Engine, Generation, GenerationRequest, SamplingConfig, ThinkBudget
 from streamreason.rollout.memory import MemoryConfig, MemoryStats, VisualWindowMemory
 from streamreason.rollout.protocol import ParsedTurn, ProtocolConfig
 from streamreason.types import Episode, StreamRow, TurnOutcome
@@ -155,15 +155,6 @@ class RowFailure:
     error: StreamReasonError
 
 
-@dataclass
-class _Live:
-    traj: Trajectory
-    env_id: int
-    row_index: int
-    memory: VisualWindowMemory
-    obs: dict
-
-
 def count_think_tokens(ids: list[int], open_ids: list[int], close_ids: list[int]) -> int:
     """Tokens strictly between the first think open tag and the close tag (or the end)."""
     start = find_subsequence(ids, open_ids)
@@ -171,6 +162,88 @@ def count_think_tokens(ids: list[int], open_ids: list[int], close_ids: list[int]
         return 0
     end = find_subsequence(ids, close_ids, start + len(open_ids))
     return (len(ids) if end < 0 else end) - start - len(open_ids)
+
+
+def think_budget(encoder: ChatEncoder, cfg: RolloutConfig) -> ThinkBudget:
+    """The rollout's :class:`ThinkBudget` in ``encoder``'s token ids."""
+    open_ids, close_ids = encoder.think_ids()
+    return ThinkBudget(tuple(open_ids), tuple(close_ids), cfg.protocol.think_budget)
+
+
+def encode_chunk(encoder: ChatEncoder, obs: dict) -> tuple[list[int], VideoSegment, list[int]]:
+    """``(head_ids, video, tail_ids)`` of the user turn of an env observation."""
+    start, end = obs["window_s"]
+    frames = obs["frames"]
+    video = encoder.video(frames, fps=len(frames) / (end - start))
+    head, tail = encoder.user_turn(start, end, obs["queries"])
+    return head, video, tail
+
+
+class TrajectoryRecorder:
+    """Builds one trajectory turn by turn, for any driver of env and engine.
+
+    :func:`run_rollouts` drives many in lockstep with one batched engine; the verl agent loop
+    (``rl/verl_agent.py``) drives one per coroutine against verl's generation server. Per turn:
+    :meth:`request` (observation → memory → the exact context), the driver generates, then
+    :meth:`record` (generation → :class:`TurnRecord`, memory updated; the record's ``text`` is
+    the env action).
+
+    Args:
+        traj: the trajectory to fill.
+        encoder: the model's :class:`ChatEncoder`.
+        cfg: rollout settings (memory, protocol).
+    """
+
+    def __init__(self, traj: Trajectory, encoder: ChatEncoder, cfg: RolloutConfig):
+        self.traj, self.encoder = traj, encoder
+        self.memory = VisualWindowMemory(cfg.memory, encoder.system_ids)
+        self.open_ids, self.close_ids = encoder.think_ids()
+        self._turn: tuple | None = None
+
+    def request(self, obs: dict, piece: tuple | None = None) -> GenerationRequest:
+        """The generation request of the turn observing ``obs`` (``piece``: its
+        :func:`encode_chunk`, when the caller shares one encoding between trajectories)."""
+        head, video, tail = piece or encode_chunk(self.encoder, obs)
+        k = obs["chunk_index"]
+        self.traj.videos[k] = video
+        self.memory.add_chunk(head, video, tail)
+        prompt = self.memory.prompt()
+        self._turn = (obs, prompt)
+        key = (self.traj.row.id, self.traj.group_index, k)
+        return GenerationRequest(prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos), key,
+                                 videos=list(prompt.videos))  # fmt: skip
+
+    def record(self, gen: Generation) -> TurnRecord:
+        """Store the generated turn; returns its record (``record.text`` is the env action)."""
+        obs, prompt = self._turn
+        ended = gen.finish_reason == "stop"
+        body = gen.token_ids[:-1] if ended else gen.token_ids
+        text = self.encoder.tokenizer.decode(body, skip_special_tokens=False)
+        env_tail = self.encoder.end_of_turn(ended)
+        record = TurnRecord(
+            chunk_index=obs["chunk_index"], window_s=tuple(obs["window_s"]),
+            prompt_ids=np.asarray(prompt.ids, np.int32), mm_token_type_ids=np.asarray(prompt.mm_token_type_ids, np.int8),
+            video_chunks=list(prompt.video_chunks), block_start=prompt.block_start,
+            response_ids=np.asarray(gen.token_ids, np.int32), logprobs=np.asarray(gen.logprobs, np.float32),
+            response_mask=np.asarray([not f for f in gen.forced], np.int8), env_ids=list(env_tail),
+            finish_reason=gen.finish_reason, text=text, parsed=self.encoder.protocol.parse(text, ended),
+            think_tokens=count_think_tokens(body, self.open_ids, self.close_ids), memory=prompt.stats,
+        )  # fmt: skip
+        self.traj.turns.append(record)
+        self.memory.add_reply(gen.token_ids + env_tail)
+        return record
+
+
+@dataclass
+class _Live:
+    recorder: TrajectoryRecorder
+    env_id: int
+    row_index: int
+    obs: dict
+
+    @property
+    def traj(self) -> Trajectory:
+        return self.recorder.traj
 
 
 def run_rollouts(
@@ -201,8 +274,7 @@ def run_rollouts(
         order), and one :class:`RowFailure` per dropped row.
     """
     g = cfg.group_size if group_size is None else group_size
-    open_ids, close_ids = encoder.think_ids()
-    budget = ThinkBudget(tuple(open_ids), tuple(close_ids), cfg.protocol.think_budget)
+    budget = think_budget(encoder, cfg)
     groups = pool.make(rows, copies=g)
     env_ids = [e for grp in groups for e in grp]
     failures: dict[int, RowFailure] = {}
@@ -216,7 +288,7 @@ def run_rollouts(
         obs, info = res
         total += info["n_chunks"]
         traj = Trajectory(rows[r], i % g, info["chunk_seconds"])
-        live.append(_Live(traj, env_id, r, VisualWindowMemory(cfg.memory, encoder.system_ids), obs))
+        live.append(_Live(TrajectoryRecorder(traj, encoder, cfg), env_id, r, obs))
     # Every copy of a row sees the same chunk: encode each (row, chunk) once and share it.
     pieces: dict[tuple[int, int], tuple[list[int], VideoSegment, list[int]]] = {}
     bar = tqdm(total=total, desc="rollout turns", unit="turn", disable=not progress)
@@ -224,41 +296,15 @@ def run_rollouts(
     while live:
         requests = []
         for x in live:
-            k = x.obs["chunk_index"]
-            if (x.row_index, k) not in pieces:
-                start, end = x.obs["window_s"]
-                frames = x.obs["frames"]
-                video = encoder.video(frames, fps=len(frames) / (end - start))
-                head, tail = encoder.user_turn(start, end, x.obs["queries"])
-                pieces[(x.row_index, k)] = (head, video, tail)
-            head, video, tail = pieces[(x.row_index, k)]
-            x.traj.videos[k] = video
-            x.memory.add_chunk(head, video, tail)
-            prompt = x.memory.prompt()
-            key = (x.traj.row.id, x.traj.group_index, k)
-            request = GenerationRequest(
-                prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos), key
-            )
-            requests.append((prompt, request))
-        gens = engine.generate([r for _, r in requests], cfg.sampling, cfg.protocol.max_new_tokens, budget)
+            k = (x.row_index, x.obs["chunk_index"])
+            if k not in pieces:
+                pieces[k] = encode_chunk(encoder, x.obs)
+            requests.append(x.recorder.request(x.obs, pieces[k]))
+        gens = engine.generate(requests, cfg.sampling, cfg.protocol.max_new_tokens, budget)
         actions = []
-        for x, (prompt, _), gen in zip(live, requests, gens):
-            ended = gen.finish_reason == "stop"
-            body = gen.token_ids[:-1] if ended else gen.token_ids
-            text = encoder.tokenizer.decode(body, skip_special_tokens=False)
-            env_tail = encoder.end_of_turn(ended)
-            record = TurnRecord(
-                chunk_index=x.obs["chunk_index"], window_s=tuple(x.obs["window_s"]),
-                prompt_ids=np.asarray(prompt.ids, np.int32), mm_token_type_ids=np.asarray(prompt.mm_token_type_ids, np.int8),
-                video_chunks=list(prompt.video_chunks), block_start=prompt.block_start,
-                response_ids=np.asarray(gen.token_ids, np.int32), logprobs=np.asarray(gen.logprobs, np.float32),
-                response_mask=np.asarray([not f for f in gen.forced], np.int8), env_ids=list(env_tail),
-                finish_reason=gen.finish_reason, text=text, parsed=encoder.protocol.parse(text, ended),
-                think_tokens=count_think_tokens(body, open_ids, close_ids), memory=prompt.stats,
-            )  # fmt: skip
-            x.traj.turns.append(record)
-            x.memory.add_reply(gen.token_ids + env_tail)
-            actions.append(text)
+        for x, gen in zip(live, gens):
+            record = x.recorder.record(gen)
+            actions.append(record.text)
             if on_turn is not None:
                 on_turn(x.traj, record)
         bar.update(len(live))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -29,11 +30,16 @@ class EngineConfig:
     """Generation engine.
 
     Attributes:
-        name: registered engine (``transformers``).
+        name: registered engine: ``transformers`` (CPU or one GPU) or ``vllm`` (GPU).
         device: ``cpu``, ``cuda``, ``cuda:1``; ``auto`` picks CUDA when available.
         dtype: ``float32``, ``bfloat16`` or ``float16``.
-        max_batch_size: contexts per generate call.
+        max_batch_size: contexts per generate call (transformers engine).
         seed: sampler seed.
+        gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache).
+        tensor_parallel_size: GPUs per vLLM engine.
+        max_model_len: vLLM context length in tokens (0: the model's own).
+        enforce_eager: skip CUDA-graph capture (fast start, slower decode).
+        enable_prefix_caching: reuse the KV of shared prompt prefixes across turns.
     """
 
     name: str = "transformers"
@@ -41,6 +47,28 @@ class EngineConfig:
     dtype: str = "float32"
     max_batch_size: int = 64
     seed: int = 0
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    max_model_len: int = 0
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    """Resources of the verl backend (``trainer.backend=verl``).
+
+    Attributes:
+        nodes: machines in the Ray cluster.
+        gpus_per_node: GPUs used on each.
+        fsdp_offload: offload FSDP parameters and optimizer state to CPU (actor and reference).
+        agent_workers: verl agent-loop workers (Ray actors running the streaming loop).
+    """
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    fsdp_offload: bool = False
+    agent_workers: int = 2
 
 
 @dataclass
@@ -65,7 +93,10 @@ class StreamReasonConfig:
         rl: GRPO loss, batching and epochs (``rl/grpo.py``).
         optim: optimizer, schedule, precision, LoRA (``rl/learner.py``).
         sft: the SFT warm-start (``rl/sft.py``).
-        trainer: steps, eval, checkpoints, run directory (``rl/trainer.py``).
+        trainer: steps, eval, checkpoints, run directory, backend (``rl/trainer.py``).
+        cluster: GPUs, nodes and offload of the verl backend.
+        verl: verl-native settings passed through to verl's config as they are, e.g.
+            ``verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.5`` (``rl/verl_config.py``).
     """
 
     model: str = "models/tiny"
@@ -78,6 +109,8 @@ class StreamReasonConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    verl: dict[str, Any] = field(default_factory=dict)
 
 
 def _valid_keys(node: DictConfig, prefix: str = "") -> list[str]:
