@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -305,6 +306,26 @@ class Learner:
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=opts)  # fmt: skip
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def policy_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's full weights under Hugging Face parameter names (LoRA merged in), for an
+        engine that holds its own copy (vLLM). Gathers FSDP shards on every rank."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        lora = self.optim_cfg.lora.rank > 0
+        if lora:
+            self.model.merge_adapter()
+        try:
+            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+            for name, tensor in sd.items():
+                if lora:
+                    if "lora_" in name:
+                        continue
+                    name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+                yield name, tensor
+        finally:
+            if lora:
+                self.model.unmerge_adapter()
 
     def export(self, out_dir, processor) -> None:
         """Write a plain Hugging Face checkpoint (LoRA merged) that any engine can load."""

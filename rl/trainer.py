@@ -56,7 +56,8 @@ class TrainerConfig:
     """The run.
 
     Attributes:
-        backend: ``local`` (this trainer).
+        backend: ``local`` (this trainer) or ``verl`` (verl's V1 trainer on a Ray cluster,
+            ``rl/verl_backend.py``).
         run_dir: where metrics, checkpoints, evals and the final model go.
         steps: GRPO steps (one rollout batch and its updates each).
         rows_per_step: dataset rows per step (× ``rollout.group_size`` trajectories).
@@ -80,6 +81,10 @@ class TrainerConfig:
     seed: int = 0
     tensorboard: bool = True
     wandb_project: str | None = None
+
+    def __post_init__(self):
+        if self.backend not in ("local", "verl"):
+            raise ConfigError(f"trainer.backend must be 'local' or 'verl', got {self.backend!r}")
 
 
 class RowSampler:
@@ -122,13 +127,15 @@ class LocalTrainer:
         from streamreason.rewards.composite import CompositeReward
 
         if cfg.trainer.backend != "local":
-            raise ConfigError(f"trainer.backend={cfg.trainer.backend!r}: this build runs 'local'")
+            raise ConfigError(
+                f"trainer.backend={cfg.trainer.backend!r}: LocalTrainer runs 'local' (verl: rl/verl_backend.py)"
+            )
         self.cfg = cfg
         self.rank, self.world_size = world()
         self.run_dir = Path(run_dir or cfg.trainer.run_dir)
         torch.manual_seed(cfg.trainer.seed + self.rank)
         self.model, self.processor, self.encoder, self.engine = rollout_stack(
-            cfg, seed=cfg.trainer.seed + self.rank, dtype=cfg.optim.dtype
+            cfg, seed=cfg.trainer.seed + self.rank, dtype=cfg.optim.dtype, need_model=True
         )
         if self.world_size > 1 and cfg.optim.lora.rank > 0:
             raise ConfigError("optim.lora.rank > 0 with several processes is not supported: use one process")
@@ -163,12 +170,14 @@ class LocalTrainer:
         pad = self.processor.tokenizer.pad_token_id
         learner = Learner(self.policy_model, optim, self.cfg.rl, total_steps, pad,
                           temperature=self.cfg.rollout.sampling.temperature, ref_model=self.ref_model)  # fmt: skip
-        if self.world_size == 1:
+        if self.world_size == 1 and hasattr(self.engine, "model"):
             self.engine.model = learner.model  # LoRA wraps the model: generate with the adapters
         return learner
 
     def _sync_engine(self, learner: Learner) -> None:
-        if self.world_size > 1:  # the engine's full copy takes the sharded policy's new weights
+        if hasattr(self.engine, "update_weights"):  # vLLM: push the new weights into the running engine
+            self.engine.update_weights(learner.policy_weights())
+        elif self.world_size > 1:  # the engine's full copy takes the sharded policy's new weights
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             sd = get_model_state_dict(learner.model, options=StateDictOptions(full_state_dict=True))

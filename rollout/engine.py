@@ -130,6 +130,46 @@ class Generation:
     finish_reason: str
 
 
+@dataclass
+class BudgetCut:
+    """A turn cut where the think budget forces the close tag (:meth:`ThinkBudget.cut`).
+
+    Attributes:
+        token_ids: the sampled tokens before the cut, then the forced close tag.
+        logprobs: their log-probs (0 on forced tokens, which the loss masks out).
+        forced: True on the close tag's tokens.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    forced: list[bool]
+
+
+def finish_turn(
+    token_ids: list[int], logprobs: list[float], end_ids: list[int], budget: ThinkBudget | None,
+    max_new_tokens: int, resumed: BudgetCut | None = None,
+) -> Generation | BudgetCut:  # fmt: skip
+    """A freely sampled turn (or its continuation after ``resumed``) as a :class:`Generation`,
+    or the :class:`BudgetCut` to resume sampling from when it overran the think budget.
+
+    For engines that cannot force tokens inside their sampler (vLLM, verl's server): sample
+    ``max_new_tokens`` freely; on a cut, sample ``max_new_tokens - len(cut.token_ids)`` more
+    after the prompt plus ``cut.token_ids`` and call again with ``resumed=cut``.
+    """
+    if resumed is None and budget is not None and (at := budget.cut(token_ids)) is not None:
+        close = list(budget.close_ids)
+        cut = BudgetCut(token_ids[:at] + close, logprobs[:at] + [0.0] * len(close),
+                        [False] * at + [True] * len(close))  # fmt: skip
+        if len(cut.token_ids) < max_new_tokens:
+            return cut
+        n = max_new_tokens
+        return Generation(cut.token_ids[:n], cut.logprobs[:n], cut.forced[:n], "length")
+    head = resumed or BudgetCut([], [], [])
+    stop = bool(token_ids) and token_ids[-1] in end_ids
+    return Generation(head.token_ids + token_ids, head.logprobs + logprobs,
+                      head.forced + [False] * len(token_ids), "stop" if stop else "length")  # fmt: skip
+
+
 class Engine:
     """Base class of generation engines."""
 
@@ -142,6 +182,7 @@ class Engine:
 
 
 _ENGINES: dict[str, type[Engine]] = {}
+_BUILTIN_MODULES = {"vllm": "streamreason.rollout.vllm_engine"}  # imported on first use (needs vLLM)
 
 
 def register_engine(name: str):
@@ -160,6 +201,10 @@ def make_engine(name: str, **kwargs) -> Engine:
     Raises:
         ConfigError: unknown name.
     """
+    if name not in _ENGINES and name in _BUILTIN_MODULES:
+        import importlib
+
+        importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _ENGINES:
         raise ConfigError(f"engine.name={name!r} is not registered; choose one of {sorted(_ENGINES)}")
     return _ENGINES[name](**kwargs)

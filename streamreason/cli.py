@@ -37,27 +37,52 @@ def _cmd_data_synth(args) -> None:
     print(f"{args.n} streams written to {out}")
 
 
-def rollout_stack(cfg, seed: int | None = None, dtype: str | None = None):
+def rollout_stack(cfg, seed: int | None = None, dtype: str | None = None, need_model: bool = False):
     """``(model, processor, encoder, engine)`` for a recipe: what every command rolls out with.
 
-    ``dtype`` overrides ``engine.dtype`` (the trainers load the policy in ``optim.dtype``)."""
+    ``dtype`` overrides ``engine.dtype`` (the trainers load the policy in ``optim.dtype``). With
+    ``engine.name=vllm`` the Hugging Face model is loaded only when ``need_model`` (a trainer's
+    learner); otherwise ``model`` is None."""
     import torch
+    from transformers import AutoProcessor
 
     from streamreason.modeling import load_policy
     from streamreason.rollout.chat import ChatEncoder
     from streamreason.rollout.engine import make_engine
     from streamreason.rollout.protocol import get_protocol
 
-    device = cfg.engine.device
+    ec = cfg.engine
+    device = ec.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, processor = load_policy(cfg.model, dtype=getattr(torch, dtype or cfg.engine.dtype), device=device)
+    seed = ec.seed if seed is None else seed
+    if ec.name == "vllm":
+        from streamreason.modeling import check_model_dir
+
+        check_model_dir(cfg.model)
+        model, processor = (None, AutoProcessor.from_pretrained(cfg.model))
+        if need_model:
+            model, processor = load_policy(cfg.model, dtype=getattr(torch, dtype or ec.dtype), device=device)
+        engine = make_engine(
+            "vllm", model_dir=cfg.model, tokenizer=processor.tokenizer, max_videos=max_videos(cfg),
+            dtype=ec.dtype, gpu_memory_utilization=ec.gpu_memory_utilization, max_model_len=ec.max_model_len,
+            enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
+            tensor_parallel_size=ec.tensor_parallel_size, seed=seed,
+        )  # fmt: skip
+    else:
+        model, processor = load_policy(cfg.model, dtype=getattr(torch, dtype or ec.dtype), device=device)
+        engine = make_engine(ec.name, model=model, tokenizer=processor.tokenizer,
+                             max_batch_size=ec.max_batch_size, seed=seed)  # fmt: skip
     encoder = ChatEncoder(processor, get_protocol(cfg.rollout.protocol.name))
-    engine = make_engine(
-        cfg.engine.name, model=model, tokenizer=processor.tokenizer,
-        max_batch_size=cfg.engine.max_batch_size, seed=cfg.engine.seed if seed is None else seed,
-    )  # fmt: skip
     return model, processor, encoder, engine
+
+
+def max_videos(cfg) -> int:
+    """Most chunk videos one prompt can hold under the recipe's memory (W + B - 1, or every chunk)."""
+    mem = cfg.rollout.memory
+    if mem.keep_all_video:
+        return cfg.rollout.env.max_chunks or 1024
+    return mem.window_chunks + mem.evict_block - 1
 
 
 def _print_turn(console, traj, turn) -> None:
@@ -220,6 +245,14 @@ def _cmd_train(args) -> None:
     from streamreason.rl.trainer import LocalTrainer
 
     cfg = load_config(args.recipe, args.overrides)
+    if cfg.trainer.backend == "verl":
+        from streamreason.rl.verl_backend import train_verl
+
+        run_dir = train_verl(cfg, dry_run=args.dry_run)
+        print(f"verl run directory: {run_dir}" + (" (dry run: nothing launched)" if args.dry_run else ""))
+        return
+    if args.dry_run:
+        raise StreamReasonError("--dry-run applies to trainer.backend=verl")
     final = LocalTrainer(cfg).train(resume=args.resume)
     print(
         "GRPO finished; eval: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(final.items()) if "/" not in k)
@@ -347,10 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("overrides", nargs="*", help="config overrides, key=value")
     ro.set_defaults(func=_cmd_rollout)
 
-    tr = sub.add_parser("train", help="GRPO training (trainer.backend=local)")
+    tr = sub.add_parser("train", help="GRPO training (trainer.backend=local, or verl on GPUs)")
     tr.add_argument("recipe")
     tr.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in trainer.run_dir"
+    )
+    tr.add_argument(
+        "--dry-run", action="store_true", help="trainer.backend=verl: write the run directory, launch nothing"
     )
     tr.add_argument("overrides", nargs="*", help="config overrides, key=value")
     tr.set_defaults(func=_cmd_train)

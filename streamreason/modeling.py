@@ -208,7 +208,6 @@ def build_tiny_model(
     Raises:
         ValueError: unknown ``arch``.
     """
-    import transformers as tf
 
     if arch not in TINY_ARCHS:
         raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
@@ -243,17 +242,32 @@ def build_tiny_model(
             hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size, out_hidden_size=hidden_size,
             patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0],
         )  # fmt: skip
+    return _save_model(out_dir, arch, text, vision, tokenizer, seed, min_pixels, max_pixels, weights=True)
+
+
+def _save_model(
+    out_dir: Path, arch, text: dict, vision: dict, tokenizer, seed, min_pixels, max_pixels, weights
+):
+    """Write config, processor and (when ``weights``) random weights of a Qwen-VL model."""
+    import transformers as tf
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     prefix = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}[arch]
     config = getattr(tf, f"{prefix}Config")(
-        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"],
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )  # fmt: skip
-    torch.manual_seed(seed)
-    model = getattr(tf, f"{prefix}ForConditionalGeneration")(config).eval()
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(out_dir)
+    generation = tf.GenerationConfig(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+                                     pad_token_id=ids["<|endoftext|>"])  # fmt: skip
+    if weights:
+        torch.manual_seed(seed)
+        model = getattr(tf, f"{prefix}ForConditionalGeneration")(config).eval()
+        model.generation_config = generation
+        model.save_pretrained(out_dir)
+    else:
+        config.save_pretrained(out_dir)
+        generation.save_pretrained(out_dir)
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     patch = vision["patch_size"]
     video_processor = tf.Qwen3VLVideoProcessor if arch == "qwen3_vl" else tf.Qwen2VLVideoProcessor
@@ -266,11 +280,71 @@ def build_tiny_model(
     return out_dir
 
 
+# Published Qwen2.5-VL-{3B,7B}-Instruct shapes (their config.json), for speed and memory runs
+# with random weights (vLLM ``load_format="dummy"``).
+REFERENCE_SIZES = {
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}  # fmt: skip
+
+
+def build_reference_config(out_dir: str | Path, size: str = "3b", weights: bool = False) -> Path:
+    """Write a Qwen2.5-VL-3B or -7B-shaped checkpoint folder: the published config, this
+    project's tokenizer (the Qwen special tokens at their ids' roles) and a processor with
+    ThinkStream's pixel budget (128–192 × 28² per frame).
+
+    Args:
+        out_dir: destination folder.
+        size: ``3b`` or ``7b``.
+        weights: also write random weights (GBs; without them only engines that build
+            dummy weights, such as vLLM's ``load_format="dummy"``, can load the folder).
+
+    Raises:
+        ValueError: unknown size.
+    """
+    if size not in REFERENCE_SIZES:
+        raise ValueError(f"size must be one of {sorted(REFERENCE_SIZES)}, got {size!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    text = dict(
+        REFERENCE_SIZES[size], max_position_embeddings=128000, rms_norm_eps=1e-6,
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    )  # fmt: skip
+    vision = dict(
+        depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=text["hidden_size"],
+        patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu",
+    )  # fmt: skip
+    return _save_model(
+        out_dir, "qwen2_5_vl", text, vision, tokenizer, 0, 128 * 28 * 28, 192 * 28 * 28, weights
+    )
+
+
 def attention_backend() -> str:
     """``"flash_attention_2"`` when flash-attn is importable and CUDA is up, else ``"sdpa"``."""
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """``model_dir`` as a Path.
+
+    Raises:
+        FileNotFoundError: it is not a folder with a ``config.json``.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {str(model_dir)!r} has no config.json: pass a Hugging Face checkpoint folder "
+            "(build the default one with `streamreason model tiny DIR`)"
+        )
+    return model_dir
 
 
 def load_policy(
@@ -292,12 +366,7 @@ def load_policy(
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model {str(model_dir)!r} has no config.json: pass a Hugging Face checkpoint folder "
-            "(build the default one with `streamreason model tiny DIR`)"
-        )
+    model_dir = check_model_dir(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=attention_backend()
     ).to(device)

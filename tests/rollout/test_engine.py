@@ -111,3 +111,22 @@ def test_vision_placeholders_are_never_sampled(stack):
     finally:
         hook.remove()
     assert all(pad not in g.token_ids for g in gens)
+
+
+def test_finish_turn_cuts_a_free_sample_where_the_budget_forces():
+    """Engines that sample freely (vLLM, verl's server) cut, force the close tag, resume."""
+    from streamreason.rollout.engine import BudgetCut, finish_turn
+
+    budget, end = ThinkBudget((1,), (2, 3), budget=3), [9]
+    free = [1, 5, 6, 7, 8, 8, 9]  # <think> then 5 think tokens: the budget allows 3
+    cut = finish_turn(free, [-0.5] * 7, end, budget, max_new_tokens=10)
+    assert isinstance(cut, BudgetCut)
+    assert cut.token_ids == [1, 5, 6, 7, 2, 3] and cut.forced == [False] * 4 + [True] * 2
+    assert cut.logprobs == [-0.5] * 4 + [0.0] * 2
+    gen = finish_turn([4, 9], [-0.1, -0.2], end, None, max_new_tokens=10, resumed=cut)
+    assert gen.token_ids == [1, 5, 6, 7, 2, 3, 4, 9] and gen.finish_reason == "stop"
+    assert gen.forced == budget.forced(gen.token_ids)  # what forcing step by step would have marked
+    within = finish_turn([1, 5, 2, 3, 4, 9], [-0.3] * 6, end, budget, max_new_tokens=10)
+    assert within.token_ids == [1, 5, 2, 3, 4, 9] and not any(within.forced)
+    short = finish_turn(free, [-0.5] * 7, end, budget, max_new_tokens=5)  # no room after the close tag
+    assert short.token_ids == [1, 5, 6, 7, 2] and short.finish_reason == "length"
