@@ -120,6 +120,9 @@ def train_verl(cfg, dry_run: bool = False) -> Path:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
+    # verl's file and TensorBoard loggers take their paths from the environment (Ray workers inherit it).
+    os.environ.setdefault("VERL_FILE_LOGGER_PATH", str(run_dir.resolve() / "verl_metrics.jsonl"))
+    os.environ.setdefault("TENSORBOARD_DIR", str(run_dir.resolve() / "tensorboard"))
     validate_config(
         config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
     )
