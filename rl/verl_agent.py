@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from functools import cache
 from typing import Any
@@ -46,6 +47,16 @@ logger = logging.getLogger(__name__)
 
 AGENT_NAME = "streamreason"
 MM_PROCESSOR_KWARGS = {"do_resize": False}  # frames arrive at the env's budgeted size
+
+
+# Trajectories of one worker share its frame store, and PyAV decoders are not thread-safe:
+# env calls run in the executor (off the event loop) one at a time.
+_ENV_LOCK = threading.Lock()
+
+
+def _locked(fn, *args):
+    with _ENV_LOCK:
+        return fn(*args)
 
 
 @cache
@@ -161,7 +172,7 @@ class StreamAgentLoop(AgentLoopBase):
         env = StreamingVideoEnv(cfg.rollout.env, store=self.store)
         t0, gen_s = time.perf_counter(), 0.0
         try:
-            obs, info = await loop.run_in_executor(None, env.reset, row)
+            obs, info = await loop.run_in_executor(None, _locked, env.reset, row)
             traj = Trajectory(row, int(kwargs.get("session_id", 0)), info["chunk_seconds"])
             recorder, budget = (
                 TrajectoryRecorder(traj, self.encoder, cfg.rollout),
@@ -173,7 +184,9 @@ class StreamAgentLoop(AgentLoopBase):
                 gen = await self._generate(request, sampling_params, budget)
                 gen_s += time.perf_counter() - t1
                 record = recorder.record(gen)
-                obs, _, terminated, truncated, _ = await loop.run_in_executor(None, env.step, record.text)
+                obs, _, terminated, truncated, _ = await loop.run_in_executor(
+                    None, _locked, env.step, record.text
+                )
                 if terminated or truncated:
                     traj.truncated = bool(truncated)
                     break
@@ -181,7 +194,7 @@ class StreamAgentLoop(AgentLoopBase):
             logger.warning("streamreason: row %s skipped: %s", row.id, e)
             return []
         finally:
-            env.close()
+            _locked(env.close)
         result = self.reward(traj.episode())
         if not result.ok:  # on_error=fail raised inside the reward already
             logger.warning("streamreason: reward of row %s skipped: %s", row.id, result.error)

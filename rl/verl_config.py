@@ -237,6 +237,12 @@ def compose_verl_config(
         run_dir=run_dir,
     )
     composed = _compose(overrides)
+    # verl loads the policy with flash-attention 2 and its unpadding unless told otherwise:
+    # use them where flash-attn is installed, else PyTorch's SDPA on padded rows.
+    attn = _flash_or_sdpa()
+    with open_dict(composed):
+        composed.actor_rollout_ref.model.override_config.attn_implementation = attn
+        composed.actor_rollout_ref.model.use_remove_padding = attn == "flash_attention_2"
     extra = OmegaConf.to_container(OmegaConf.create(cfg.verl)) if cfg.verl else {}
     if extra:
         _check_passthrough(extra, composed, composed, "")
@@ -246,6 +252,12 @@ def compose_verl_config(
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad value for 'verl.{e.full_key}' (verl passthrough): {e.msg}") from None
     return composed
+
+
+def _flash_or_sdpa() -> str:
+    import importlib.util
+
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
 def _compose(overrides: list[str]) -> DictConfig:

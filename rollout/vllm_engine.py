@@ -20,8 +20,8 @@ log-prob 0, masked out of the loss) and sampling continues after it in a second 
 hits the prefix cache: the same distribution as forcing step by step (:meth:`ThinkBudget.cut`).
 
 Weights are pushed in place between GRPO steps (:meth:`VLLMEngine.update_weights`, vLLM's
-``load_weights`` through ``collective_rpc``), then the prefix cache is reset; the engine is
-never restarted.
+``load_weights`` through ``collective_rpc``), then the prefix and encoder caches are reset; the
+engine is never restarted.
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ class VLLMEngine(Engine):
         return out
 
     def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new policy weights (Hugging Face parameter names) and drop the prefix cache."""
+        """Load new policy weights (Hugging Face parameter names); drop the prefix cache and the
+        encoder cache (video embeddings the old vision tower computed)."""
         self.llm.collective_rpc(_load_weights, args=(list(weights),))
         self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()

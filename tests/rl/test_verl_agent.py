@@ -140,3 +140,19 @@ def test_dry_run_writes_the_verl_run_directory(run, tiny_model_dir, tmp_path):
     assert len(df) == 2 and all(
         Path(json.loads(x["row"])["video_path"]).is_absolute() for x in df["extra_info"]
     )
+
+
+def test_concurrent_trajectories_share_one_worker(run, tiny_policy):
+    """verl runs a row's G trajectories as coroutines of one worker: they share its frame store."""
+    cfg, config, run_dir = run
+    loop, _, _ = _agent_loop(cfg, config, run_dir, tiny_policy)
+    extra = dict(pd.read_parquet(run_dir / "train.parquet").iloc[1]["extra_info"])
+
+    async def group():
+        return await asyncio.gather(
+            *[loop.run({"temperature": 1.0}, extra_info=extra, session_id=i) for i in range(4)]
+        )
+
+    outputs = asyncio.run(group())
+    assert all(len(o) == 2 for o in outputs)
+    assert len({tuple(o[0].prompt_ids) for o in outputs}) == 1  # same row, same first context
