@@ -82,7 +82,7 @@ def test_vllm_engine_rollout_of_a_3b_shaped_model(tmp_path):
     cfg = RolloutConfig(env=env, memory=MemoryConfig(window_chunks=20), group_size=8,
                         protocol=ProtocolConfig(think_budget=20, max_new_tokens=30))  # fmt: skip
     engine = VLLMEngine(model_dir, processor.tokenizer, max_videos=20, dtype="bfloat16", load_format="dummy",
-                        gpu_memory_utilization=0.5, enforce_eager=True, max_model_len=16384)  # fmt: skip
+                        gpu_memory_utilization=0.4, enforce_eager=True, max_model_len=16384)  # fmt: skip
     with EnvPool(env, in_process=True) as pool:
         t0 = time.perf_counter()
         trajs, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg)
