@@ -144,6 +144,11 @@ def verl_overrides(
         "actor_rollout_ref.actor.ppo_epochs": rl.ppo_epochs,
         "actor_rollout_ref.actor.ppo_mini_batch_size": max(1, trainer.rows_per_step // rl.mini_batches),
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": rl.micro_batch_rows,
+        # A trajectory gives one row per eviction block, so a step's row count varies: micro-
+        # batches by token count (the rows of rl.micro_batch_rows full-length contexts).
+        "actor_rollout_ref.actor.use_dynamic_bsz": True,
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": rl.micro_batch_rows
+        * (prompt_length + response_length),
         "actor_rollout_ref.actor.data_loader_seed": trainer.seed,
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": rl.micro_batch_rows,
         "actor_rollout_ref.ref.fsdp_config.param_offload": offload,

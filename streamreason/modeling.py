@@ -266,6 +266,7 @@ def _save_model(
         model.generation_config = generation
         model.save_pretrained(out_dir)
     else:
+        config.architectures = [f"{prefix}ForConditionalGeneration"]  # what engines dispatch on
         config.save_pretrained(out_dir)
         generation.save_pretrained(out_dir)
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
