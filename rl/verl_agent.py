@@ -112,7 +112,7 @@ def trajectory_outputs(
     outputs[-1].reward_score = float(reward.total)
     info = {"reward": float(reward.total), **{f"reward/{k}": float(v) for k, v in reward.components.items()}}
     for out in outputs:
-        out.extra_fields.update(turn_scores=[], tool_rewards=[], row_id=traj.row.id)
+        out.extra_fields.update(turn_scores=[], tool_rewards=[], row_id=traj.row.id, **(extra or {}))
     outputs[-1].extra_fields["reward_extra_info"] = info
     return outputs
 
@@ -149,6 +149,9 @@ class StreamAgentLoop(AgentLoopBase):
                 request_id=uuid4().hex, prompt_ids=request.prompt_ids + tail, sampling_params=params,
                 video_data=videos, mm_processor_kwargs=dict(MM_PROCESSOR_KWARGS),
             )  # fmt: skip
+            for key, pick in (("min_global_steps", min), ("max_global_steps", max)):
+                if (v := out.extra_fields.get(key)) is not None:
+                    steps[key] = v if steps.get(key) is None else pick(steps[key], v)
             return list(out.token_ids), list(out.log_probs or [0.0] * len(out.token_ids))
 
         gen = finish_turn(*(await sample([], max_new)), self.end_ids, budget, max_new)
@@ -170,7 +173,7 @@ class StreamAgentLoop(AgentLoopBase):
         row = StreamRow.from_dict(json.loads(extra["row"]), where=f"verl dataset row {extra.get('index')}")
         loop = asyncio.get_running_loop()
         env = StreamingVideoEnv(cfg.rollout.env, store=self.store)
-        t0, gen_s = time.perf_counter(), 0.0
+        t0, gen_s, steps = time.perf_counter(), 0.0, {}
         try:
             obs, info = await loop.run_in_executor(None, _locked, env.reset, row)
             traj = Trajectory(row, int(kwargs.get("session_id", 0)), info["chunk_seconds"])
@@ -181,7 +184,7 @@ class StreamAgentLoop(AgentLoopBase):
             while True:
                 request = await loop.run_in_executor(None, recorder.request, obs)
                 t1 = time.perf_counter()
-                gen = await self._generate(request, sampling_params, budget)
+                gen = await self._generate(request, sampling_params, budget, steps)
                 gen_s += time.perf_counter() - t1
                 record = recorder.record(gen)
                 obs, _, terminated, truncated, _ = await loop.run_in_executor(
@@ -200,7 +203,7 @@ class StreamAgentLoop(AgentLoopBase):
             logger.warning("streamreason: reward of row %s skipped: %s", row.id, result.error)
             return []
         metrics = AgentLoopMetrics(generate_sequences=gen_s, tool_calls=time.perf_counter() - t0 - gen_s)
-        return trajectory_outputs(traj, result, metrics)
+        return trajectory_outputs(traj, result, metrics, steps)
 
 
 class LocalServer:
@@ -245,4 +248,5 @@ class LocalServer:
         (gen,) = await asyncio.get_running_loop().run_in_executor(
             None, self.engine.generate, [request], sampling, sampling_params["max_tokens"]
         )
-        return TokenOutput(token_ids=gen.token_ids, log_probs=gen.logprobs, stop_reason="completed")
+        return TokenOutput(token_ids=gen.token_ids, log_probs=gen.logprobs, stop_reason="completed",
+                           extra_fields={"min_global_steps": 0, "max_global_steps": 0})  # fmt: skip

@@ -65,6 +65,7 @@ def test_agent_loop_outputs_are_what_verl_trains_on(run, tiny_policy):
     assert outputs[-1].reward_score == outputs[-1].extra_fields["reward_extra_info"]["reward"]
     assert all(o.reward_score is None for o in outputs[:-1])
     assert sum(o.num_turns for o in outputs) == 2 * n_chunks
+    assert all(o.extra_fields["min_global_steps"] == 0 == o.extra_fields["max_global_steps"] for o in outputs)
     # Read each output back as verl's worker does: pixels re-processed from the raw frames, then
     # the policy's log-probs at the sampled tokens must be the ones the server returned.
     worker = SimpleNamespace(processor=processor, tokenizer=processor.tokenizer)
