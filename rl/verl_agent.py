@@ -92,9 +92,12 @@ def row_output(row: TrainRow, prompt_len: int, num_turns: int, metrics: AgentLoo
 
 
 def trajectory_outputs(
-    traj: Trajectory, reward: RewardResult, metrics: AgentLoopMetrics
+    traj: Trajectory, reward: RewardResult, metrics: AgentLoopMetrics, extra: dict | None = None
 ) -> list[AgentLoopOutput]:
     """A finished trajectory as verl outputs, one per eviction block, the reward on the last.
+
+    ``extra`` goes into every output's ``extra_fields`` (verl's V1 trainer tags each output with
+    the ``min_global_steps`` / ``max_global_steps`` of the weights that generated it).
 
     Returns:
         ``AgentLoopOutput`` per block in turn order; the last carries ``reward_score`` (the
@@ -137,9 +140,10 @@ class StreamAgentLoop(AgentLoopBase):
         self.end_ids = [vocab["<|im_end|>"]]
 
     async def _generate(
-        self, request: GenerationRequest, sampling_params: dict[str, Any], budget
+        self, request: GenerationRequest, sampling_params: dict[str, Any], budget, steps: dict
     ) -> Generation:
-        """One turn through verl's server, the think budget applied by :func:`finish_turn`."""
+        """One turn through verl's server, the think budget applied by :func:`finish_turn`;
+        ``steps`` accumulates the weight versions (global steps) the server reports."""
         max_new = self.recipe_cfg.rollout.protocol.max_new_tokens
         videos = vllm_videos(request.videos) if request.videos else None
 
