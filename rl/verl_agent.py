@@ -40,7 +40,7 @@ from streamreason.rewards.composite import RewardResult
 from streamreason.rl.rows import TrainRow, build_rows
 from streamreason.rollout.engine import BudgetCut, Generation, GenerationRequest, finish_turn
 from streamreason.rollout.loop import Trajectory, TrajectoryRecorder, think_budget
-from streamreason.rollout.vllm_engine import vllm_videos
+from streamreason.rollout.vllm_engine import check_video_timing, vllm_videos
 from streamreason.types import StreamRow
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class StreamAgentLoop(AgentLoopBase):
 
     def __init__(self, *args, recipe: str, **kwargs):
         super().__init__(*args, **kwargs)
+        self.model_type = kwargs.get("hf_model_type") or ""
         from streamreason.rollout.chat import ChatEncoder
         from streamreason.rollout.protocol import get_protocol
 
@@ -145,6 +146,7 @@ class StreamAgentLoop(AgentLoopBase):
         """One turn through verl's server, the think budget applied by :func:`finish_turn`;
         ``steps`` accumulates the weight versions (global steps) the server reports."""
         max_new = self.recipe_cfg.rollout.protocol.max_new_tokens
+        check_video_timing(request.videos, self.model_type)  # verl's server is vLLM
         videos = vllm_videos(request.videos) if request.videos else None
 
         async def sample(tail: list[int], max_tokens: int):

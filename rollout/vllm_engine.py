@@ -60,6 +60,30 @@ def vllm_videos(videos) -> list[tuple[np.ndarray, dict]]:
     return [(v.frames, v.metadata()) for v in videos]
 
 
+# vLLM 0.24 hands Qwen2/2.5-VL's processor the frames without their metadata
+# (``video_needs_metadata=False``), so it assumes transformers' default fps: temporal positions
+# inside a chunk would differ from the rollout's when a chunk spans several temporal patches.
+_FPS_BLIND = ("qwen2_vl", "qwen2_5_vl")
+
+
+def check_video_timing(videos, model_type: str) -> None:
+    """Refuse chunks whose temporal positions vLLM would compute differently from the rollout.
+
+    Raises:
+        ConfigError: ``model_type`` is Qwen2/2.5-VL and a chunk holds more than one temporal
+            patch (``frames_per_chunk`` above the temporal patch size, 2).
+    """
+    if model_type not in _FPS_BLIND:
+        return
+    for v in videos:
+        if int(v.tensors["video_grid_thw"][0, 0]) > 1:
+            raise ConfigError(
+                f"vLLM drops the video fps of {model_type}, so a chunk of {len(v.frames)} frames would get "
+                "other temporal positions than the rollout's: set env.frames_per_chunk=2 (ThinkStream's "
+                "setting) or use engine.name=transformers"
+            )
+
+
 def _load_weights(worker, weights):
     """Runs inside vLLM's worker (``collective_rpc``): load HF-named tensors into the model."""
     worker.model_runner.model.load_weights(weights=weights)
@@ -113,6 +137,7 @@ class VLLMEngine(Engine):
         self.end_ids = [vocab["<|im_end|>"]]
         self.placeholders = {vocab[t] for t in ("<|video_pad|>", "<|image_pad|>") if t in vocab}
         self.logit_bias = {t: -100.0 for t in banned_token_ids(tokenizer)}
+        self.model_type = self.llm.llm_engine.model_config.hf_config.model_type
         self._warned = False
 
     def _params(self, sampling: SamplingConfig, max_tokens: int):
@@ -135,6 +160,7 @@ class VLLMEngine(Engine):
         for r, tail in zip(requests, tails):
             prompt = {"prompt_token_ids": collapse_placeholders(r.prompt_ids + tail, self.placeholders)}
             if r.videos:
+                check_video_timing(r.videos, self.model_type)
                 prompt["multi_modal_data"] = {"video": vllm_videos(r.videos)}
                 prompt["mm_processor_kwargs"] = {"do_resize": False}
             prompts.append(prompt)

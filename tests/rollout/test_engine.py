@@ -130,3 +130,17 @@ def test_finish_turn_cuts_a_free_sample_where_the_budget_forces():
     assert within.token_ids == [1, 5, 2, 3, 4, 9] and not any(within.forced)
     short = finish_turn(free, [-0.5] * 7, end, budget, max_new_tokens=5)  # no room after the close tag
     assert short.token_ids == [1, 5, 6, 7, 2] and short.finish_reason == "length"
+
+
+def test_vllm_engine_refuses_chunks_whose_timing_vllm_would_change(stack):
+    """vLLM drops Qwen2.5-VL's video fps: chunks of one temporal patch are exact, longer ones refused."""
+    from streamreason.errors import ConfigError
+    from streamreason.rollout.vllm_engine import check_video_timing
+
+    *_, encoder = stack
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 56, 3), dtype=np.uint8)
+    two, four = encoder.video(frames[:2], fps=2.0), encoder.video(frames, fps=4.0)
+    check_video_timing([two], "qwen2_5_vl")
+    check_video_timing([four], "qwen3_vl")  # vLLM passes Qwen3-VL the metadata
+    with pytest.raises(ConfigError, match="frames_per_chunk=2"):
+        check_video_timing([two, four], "qwen2_5_vl")
