@@ -113,6 +113,22 @@ class RowSampler:
         self.epoch, self.index = state["epoch"], state["index"]
 
 
+def load_rows(path: str, limit: int = 0):
+    """``(rows, n_malformed)`` of a JSONL (the first ``limit`` rows when > 0).
+
+    Raises:
+        ConfigError: the file is missing or holds no valid row.
+    """
+    from streamreason.types import read_rows
+
+    if not Path(path).is_file():
+        raise ConfigError(f"data file {path!r} does not exist (set data.train / data.eval)")
+    rows, bad = read_rows(path)
+    if not rows:
+        raise ConfigError(f"data file {path!r} has no valid rows ({len(bad)} malformed)")
+    return rows[:limit] if limit else rows, len(bad)
+
+
 class LocalTrainer:
     """GRPO (:meth:`train`), SFT (:meth:`sft`) and evaluation (:meth:`evaluate`) of one recipe.
 
@@ -148,21 +164,6 @@ class LocalTrainer:
         self.stop_requested = False
 
     # -- shared pieces ---------------------------------------------------------------------
-    def load_rows(self, path: str, limit: int = 0):
-        """``(rows, n_malformed)`` of a JSONL (the first ``limit`` rows when > 0).
-
-        Raises:
-            ConfigError: the file is missing or holds no valid row.
-        """
-        from streamreason.types import read_rows
-
-        if not Path(path).is_file():
-            raise ConfigError(f"data file {path!r} does not exist (set data.train / data.eval)")
-        rows, bad = read_rows(path)
-        if not rows:
-            raise ConfigError(f"data file {path!r} has no valid rows ({len(bad)} malformed)")
-        return rows[:limit] if limit else rows, len(bad)
-
     def _learner(self, total_steps: int, lr: float | None = None) -> Learner:
         optim = copy.deepcopy(self.cfg.optim)
         if lr is not None:
@@ -206,8 +207,8 @@ class LocalTrainer:
     def train(self, resume: bool = False) -> dict[str, float]:
         """Run ``trainer.steps`` GRPO steps; returns the last eval's means."""
         cfg, tc = self.cfg, self.cfg.trainer
-        train_rows, bad_train = self.load_rows(cfg.data.train)
-        eval_rows, _ = self.load_rows(cfg.data.eval, cfg.data.eval_rows)
+        train_rows, bad_train = load_rows(cfg.data.train)
+        eval_rows, _ = load_rows(cfg.data.eval, cfg.data.eval_rows)
         updates_per_step = cfg.rl.ppo_epochs * cfg.rl.mini_batches
         learner = self._learner(tc.steps * updates_per_step)
         sampler = RowSampler(len(train_rows), tc.seed)
@@ -336,7 +337,7 @@ class LocalTrainer:
         cfg, sc = self.cfg, self.cfg.sft
         if (self.run_dir / "metrics.jsonl").exists():
             raise ConfigError(f"{self.run_dir} already holds a run: set another trainer.run_dir")
-        rows, _ = self.load_rows(cfg.data.train)
+        rows, _ = load_rows(cfg.data.train)
         rows = self._shard(rows)
         train, failures = sft_rows(rows, pool=self.pool, encoder=self.encoder, cfg=cfg.rollout)
         by_row: dict[int, list] = {}

@@ -60,20 +60,14 @@ def _locked(fn, *args):
 
 
 @cache
-def _recipe(path: str):
-    from streamreason.config import load_config
-
-    return load_config(path)
-
-
-@cache
 def _stack(path: str):
     """Per worker process: the recipe, its composite reward and one frame store shared by all
     trajectories (a row's G copies on one worker decode its video once)."""
+    from streamreason.config import load_config
     from streamreason.envs.stream import FrameStore
     from streamreason.rewards.composite import CompositeReward
 
-    cfg = _recipe(path)
+    cfg = load_config(path)
     return cfg, CompositeReward(cfg.rewards), FrameStore(cfg.rollout.env)
 
 

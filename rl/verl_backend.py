@@ -38,14 +38,10 @@ def write_dataset(rows_path: str, out: Path) -> int:
     """
     import pandas as pd
 
+    from streamreason.rl.trainer import load_rows
     from streamreason.rl.verl_agent import AGENT_NAME
-    from streamreason.types import read_rows
 
-    if not Path(rows_path).is_file():
-        raise ConfigError(f"data file {rows_path!r} does not exist (set data.train / data.eval)")
-    rows, bad = read_rows(rows_path)
-    if not rows:
-        raise ConfigError(f"data file {rows_path!r} has no valid rows ({len(bad)} malformed)")
+    rows, _ = load_rows(rows_path)
     records = []
     for i, row in enumerate(rows):
         d = row.to_dict()

@@ -277,12 +277,12 @@ def _cmd_eval(args) -> None:
 
     from streamreason.config import load_config
     from streamreason.rl.report import summary_table
-    from streamreason.rl.trainer import LocalTrainer, write_eval
+    from streamreason.rl.trainer import LocalTrainer, load_rows, write_eval
 
     overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
     cfg = load_config(args.recipe, overrides)
     trainer = LocalTrainer(cfg)
-    rows, _ = trainer.load_rows(cfg.data.eval, cfg.data.eval_rows)
+    rows, _ = load_rows(cfg.data.eval, cfg.data.eval_rows)
     res = trainer.evaluate(rows, cfg.trainer.eval_samples)
     trainer.pool.shutdown()
     name = args.name or Path(cfg.model).name
