@@ -83,9 +83,15 @@ def world() -> tuple[int, int]:
 
 
 def _all_reduce(value: float, op=dist.ReduceOp.SUM) -> float:
-    if not dist.is_initialized():
+    """Reduces a Python float over the ranks; a no-op in one process.
+
+    A world of one is common even when a process group exists: the in-process vLLM engine
+    initialises its own (NCCL, world size 1). NCCL reduces only CUDA tensors.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=op)
     return t.item()
 
