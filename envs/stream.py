@@ -94,11 +94,17 @@ class ChunkPlan:
     frames_per_chunk: int
 
     @classmethod
-    def for_video(cls, cfg: EnvConfig, video: VideoInfo) -> ChunkPlan:
+    def for_video(cls, cfg: EnvConfig, video: VideoInfo, end_s: float | None = None) -> ChunkPlan:
+        """The plan of ``video``, streamed up to ``end_s`` seconds (None: to its end).
+
+        The stream covers ``ceil(min(duration, end_s) / cs)`` chunks, so a cut inside a chunk
+        keeps that whole chunk (OVO-Bench cuts its clips at ``ceil(realtime)``).
+        """
         cs = cfg.chunk_seconds
+        length = video.duration_s if end_s is None else min(video.duration_s, end_s)
         if cfg.adaptive_chunks:
-            cs = float(max(cs, math.ceil((video.duration_s - _DURATION_SLACK_S) / cfg.max_chunks)))
-        n = max(1, math.ceil((video.duration_s - _DURATION_SLACK_S) / cs))
+            cs = float(max(cs, math.ceil((length - _DURATION_SLACK_S) / cfg.max_chunks)))
+        n = max(1, math.ceil((length - _DURATION_SLACK_S) / cs))
         cap = n if cfg.max_chunks is None else min(n, cfg.max_chunks)
         size = frame_size_for_budget(
             video.height, video.width, cfg.min_pixels, cfg.max_pixels, cfg.resize_factor
@@ -140,30 +146,34 @@ class FrameStore:
         self.cfg = cfg
         self._videos: dict[str, _Video] = {}
 
-    def join(self, path: str, viewer: Any) -> ChunkPlan:
-        """Register ``viewer`` (any hashable, e.g. an env) at chunk 0 of ``path``.
+    def join(self, path: str, viewer: Any, end_s: float | None = None) -> ChunkPlan:
+        """Register ``viewer`` (any hashable, e.g. an env) at chunk 0 of ``path`` streamed up to
+        ``end_s`` seconds (None: the whole video). Streams of one video with different ends are
+        separate entries.
 
         Raises:
             VideoError: the video cannot be probed or opened, or its aspect ratio is too
                 extreme for the pixel budget.
         """
-        if path not in self._videos:
+        key = (path, end_s)
+        if key not in self._videos:
             try:
-                plan = ChunkPlan.for_video(self.cfg, probe_video(path))
+                plan = ChunkPlan.for_video(self.cfg, probe_video(path), end_s)
             except ValueError as e:  # no frame size fits the pixel budget
                 raise VideoError(path, str(e)) from None
-            self._videos[path] = _Video(plan, FrameReader(path, plan.frame_size))
-        video = self._videos[path]
+            self._videos[key] = _Video(plan, FrameReader(path, plan.frame_size))
+        video = self._videos[key]
         video.positions[viewer] = 0
         return video.plan
 
-    def chunk(self, path: str, viewer: Any, k: int) -> np.ndarray:
-        """Frames of chunk ``k`` for ``viewer``: read-only ``uint8 [F, H, W, 3]``.
+    def chunk(self, path: str, viewer: Any, k: int, end_s: float | None = None) -> np.ndarray:
+        """Frames of chunk ``k`` for ``viewer`` (joined with the same ``end_s``): read-only
+        ``uint8 [F, H, W, 3]``.
 
         Raises:
             VideoError: decoding failed.
         """
-        video = self._videos[path]
+        video = self._videos[(path, end_s)]
         video.positions[viewer] = k
         frames = video.frames.get(k)
         if frames is None:
@@ -173,19 +183,20 @@ class FrameStore:
         self._evict(video)
         return frames
 
-    def leave(self, path: str, viewer: Any) -> None:
+    def leave(self, path: str, viewer: Any, end_s: float | None = None) -> None:
         """Unregister ``viewer``; the last viewer to leave closes the video."""
-        video = self._videos[path]
+        video = self._videos[(path, end_s)]
         del video.positions[viewer]
         if video.positions:
             self._evict(video)
         else:
             video.reader.close()
-            del self._videos[path]
+            del self._videos[(path, end_s)]
 
-    def cached_chunks(self, path: str) -> list[int]:
+    def cached_chunks(self, path: str, end_s: float | None = None) -> list[int]:
         """Chunks of ``path`` held in memory (empty when no viewer watches it)."""
-        return sorted(self._videos[path].frames) if path in self._videos else []
+        video = self._videos.get((path, end_s))
+        return sorted(video.frames) if video else []
 
     @staticmethod
     def _evict(video: _Video) -> None:
@@ -231,7 +242,7 @@ class StreamingVideoEnv:
         self._queries: dict[int, list[Query]] = {}
 
     def reset(self, row: StreamRow, seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Start an episode on ``row``; return chunk 0 and
+        """Start an episode on ``row`` (streamed up to ``row.end_s`` when set); return chunk 0 and
         ``info = {row_id, n_chunks, chunk_seconds, video: VideoInfo, frame_size: (h, w)}``.
 
         ``seed`` is accepted for the Gymnasium contract; the env is deterministic.
@@ -240,7 +251,7 @@ class StreamingVideoEnv:
             VideoError: the row's video is missing, unreadable or has no frames.
         """
         self.close()
-        plan = self.store.join(row.video_path, self)
+        plan = self.store.join(row.video_path, self, row.end_s)
         self._row, self._plan, self._k, self._actions = row, plan, 0, []
         self._queries = {}
         for q in sorted(row.queries, key=lambda q: q.time_s):
@@ -294,12 +305,12 @@ class StreamingVideoEnv:
     def close(self) -> None:
         """End the episode, if one is running, and leave the frame store."""
         if self._row is not None:
-            self.store.leave(self._row.video_path, self)
+            self.store.leave(self._row.video_path, self, self._row.end_s)
         self._row = self._plan = None
 
     def _observe(self, k: int) -> dict[str, Any]:
         try:
-            frames = self.store.chunk(self._row.video_path, self, k)
+            frames = self.store.chunk(self._row.video_path, self, k, self._row.end_s)
         except VideoError:
             self.close()  # a video that stops decoding ends the episode
             raise

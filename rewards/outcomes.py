@@ -44,6 +44,18 @@ class QueryOutcome:
     correct: bool | None
 
 
+def attributed_responses(episode: Episode) -> list[tuple[Query, list[TurnOutcome]]]:
+    """Each query of ``episode`` in order of ``time_s``, with the response turns that rule 1
+    attributes to it (in chunk order, parseable or not)."""
+    queries = sorted(episode.queries, key=lambda q: q.time_s)
+    ask_chunks = [episode.chunk_of(q.time_s) for q in queries]
+    responses: list[list[TurnOutcome]] = [[] for _ in queries]
+    for turn in episode.turns:
+        if queries and turn.action == "response":
+            responses[max(bisect_right(ask_chunks, turn.chunk_index) - 1, 0)].append(turn)
+    return list(zip(queries, responses, strict=True))
+
+
 def query_outcomes(episode: Episode) -> list[QueryOutcome]:
     """One :class:`QueryOutcome` per query of ``episode``, in order of ``time_s``.
 
@@ -51,15 +63,8 @@ def query_outcomes(episode: Episode) -> list[QueryOutcome]:
 
         errs = [abs(o.timing_error_s) for o in query_outcomes(ep) if o.timing_error_s is not None]
     """
-    queries = sorted(episode.queries, key=lambda q: q.time_s)
-    ask_chunks = [episode.chunk_of(q.time_s) for q in queries]
-    responses: list[list[TurnOutcome]] = [[] for _ in queries]
-    for turn in episode.turns:
-        if queries and turn.action == "response":
-            responses[max(bisect_right(ask_chunks, turn.chunk_index) - 1, 0)].append(turn)
-
     outcomes = []
-    for q, turns in zip(queries, responses, strict=True):
+    for q, turns in attributed_responses(episode):
         kind = "text" if q.answer is None else answer_kind(q.answer)
         answer = next((t for t in turns if parse_answer(t.response, kind) is not None), None)
         response_chunk = None if answer is None else answer.chunk_index

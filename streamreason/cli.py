@@ -17,7 +17,9 @@ import math
 import sys
 from pathlib import Path
 
+from streamreason.envs.convert import FORMATS
 from streamreason.errors import StreamReasonError
+from streamreason.evals.harness import BENCHMARKS
 from streamreason.modeling import TINY_ARCHS
 
 
@@ -35,6 +37,34 @@ def _cmd_data_synth(args) -> None:
         args.out_dir, n=args.n, seed=args.seed, min_seconds=args.min_seconds, max_seconds=args.max_seconds
     )
     print(f"{args.n} streams written to {out}")
+
+
+def _cmd_data_convert(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from streamreason.envs.convert import convert
+
+    try:
+        report = convert(args.fmt, args.src, args.out, args.video_root, skip_missing=args.skip_missing)
+    except FileNotFoundError as e:
+        raise StreamReasonError(str(e)) from None
+    table = Table(title=f"{args.src} ({args.fmt}): {report.entries} entries -> {len(report.rows)} streams")
+    for col in ("task", "streams", "queries"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, (n_rows, n_queries) in report.per_task.items():
+        table.add_row(task, str(n_rows), str(n_queries))
+    console = Console()
+    console.print(table)
+    out = Path(args.out)
+    if report.errors:
+        console.print(f"[yellow]{len(report.errors)} entries did not convert[/]: listed in {out}.errors.txt "
+                      f"(first: {report.errors[0]})")  # fmt: skip
+    if report.missing_videos:
+        kept = "left out" if args.skip_missing else "kept"
+        console.print(f"[yellow]{len(report.missing_videos)} streams name a missing video[/] ({kept}): "
+                      f"listed in {out}.missing.txt (video root: {args.video_root or Path(args.src).parent})")  # fmt: skip
+    console.print(f"rows written to {out}")
 
 
 def rollout_stack(cfg, seed: int | None = None, dtype: str | None = None, need_model: bool = False):
@@ -280,6 +310,18 @@ def _cmd_eval(args) -> None:
     from streamreason.rl.trainer import LocalTrainer, load_rows, write_eval
 
     overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
+    if args.benchmark:
+        from streamreason.evals.harness import run_benchmark
+
+        # greedy decoding unless the command line says otherwise
+        cfg = load_config(args.recipe, ["rollout.sampling.temperature=0", *overrides])
+        name = args.name or Path(cfg.model).name
+        out = args.out or f"eval_{args.benchmark}_{name}"
+        run_benchmark(args.benchmark, cfg, anno=args.anno or [], video_root=args.video_root, out_dir=out,
+                      name=name, tasks=args.tasks, limit=args.limit, batch_rows=args.batch_rows)  # fmt: skip
+        return
+    if not args.recipe:
+        raise StreamReasonError("eval needs a RECIPE (scores data.eval) or --benchmark")
     cfg = load_config(args.recipe, overrides)
     trainer = LocalTrainer(cfg)
     rows, _ = load_rows(cfg.data.eval, cfg.data.eval_rows)
@@ -291,6 +333,30 @@ def _cmd_eval(args) -> None:
     Console(width=150).print(
         summary_table([_eval_row(name, res.mean, res.stderr)], f"eval on {cfg.data.eval}")
     )
+
+
+def _cmd_eval_score(args) -> None:
+    from rich.console import Console
+
+    from streamreason.evals import ovo, streamingbench
+
+    console = Console(width=160)
+    if args.benchmark == "ovo":
+        result, _ = ovo.score(ovo.load_results(args.results_dir))
+        console.print(result.report(args.model_name or Path(args.results_dir).name), markup=False)
+        return
+    d = Path(args.results_dir)
+    files = {k: sorted(d.glob(f"{k}_output_*.json")) for k in ("real", "proactive")}
+    if not any(files.values()):
+        raise StreamReasonError(
+            f"{d}: no StreamingBench output files (real_output_*.json, proactive_output_*.json)"
+        )
+    data = {k: json.loads(v[0].read_text()) if v else None for k, v in files.items()}
+    for k, v in files.items():
+        if len(v) > 1:
+            raise StreamReasonError(f"{d}: several {k}_output_*.json files; keep one per folder")
+    model = args.model_name or streamingbench.find_model_key(next(x for x in data.values() if x is not None))
+    console.print(streamingbench.score(data["real"], data["proactive"], model).table(model))
 
 
 def _eval_row(name: str, mean: dict, stderr: dict) -> dict:
@@ -365,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--min-seconds", type=int, default=8, help="shortest video, seconds")
     synth.add_argument("--max-seconds", type=int, default=16, help="longest video, seconds")
     synth.set_defaults(func=_cmd_data_synth)
+    conv = data.add_parser(
+        "convert", help="convert ThinkStream / VST / OVO-Bench / StreamingBench data into streaming rows"
+    )
+    conv.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="the source format")
+    conv.add_argument("src", help="the source file (JSONL, parquet or the benchmark's JSON)")
+    conv.add_argument("out", help="the row JSONL to write")
+    conv.add_argument("--video-root", help="folder the source's video paths are relative to (default: SRC's)")
+    conv.add_argument("--skip-missing", action="store_true", help="leave out rows whose video is missing")
+    conv.set_defaults(func=_cmd_data_convert)
 
     ro = sub.add_parser("rollout", help="watch-think-speak over a video (live transcript) or a dataset")
     ro.add_argument("--model", help="checkpoint folder (overrides the recipe's model)")
@@ -396,11 +471,20 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("overrides", nargs="*", help="config overrides, key=value")
     sf.set_defaults(func=_cmd_sft)
 
-    ev = sub.add_parser("eval", help="evaluate a model on data.eval (sampled, trainer.eval_samples per row)")
-    ev.add_argument("recipe")
+    ev = sub.add_parser(
+        "eval", help="evaluate a model on data.eval, or on a streaming benchmark (--benchmark)",
+        epilog="eval score --benchmark ovo|streamingbench RESULTS_DIR: score the benchmark's own result files",
+    )  # fmt: skip
+    ev.add_argument("recipe", nargs="?", help="YAML recipe (required without --benchmark)")
     ev.add_argument("--model", help="checkpoint folder (overrides the recipe's model)")
     ev.add_argument("--name", help="name of this eval in tables (default: the model folder)")
-    ev.add_argument("--out", help="write the eval as JSON")
+    ev.add_argument("--out", help="write the eval as JSON; with --benchmark, the output folder")
+    ev.add_argument("--benchmark", choices=BENCHMARKS, help="run a streaming benchmark with its protocol")
+    ev.add_argument("--anno", nargs="+", help="the benchmark's annotation file(s) (synthetic: row JSONL)")
+    ev.add_argument("--video-root", help="folder the annotations' video paths are relative to")
+    ev.add_argument("--tasks", nargs="+", help="only these tasks (e.g. EPM REC)")
+    ev.add_argument("--limit", type=int, help="only the first N streams")
+    ev.add_argument("--batch-rows", type=int, default=8, help="streams rolled out together")
     ev.add_argument("overrides", nargs="*", help="config overrides, key=value")
     ev.set_defaults(func=_cmd_eval)
 
@@ -412,8 +496,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def score_parser() -> argparse.ArgumentParser:
+    """``streamreason eval score``: the official scorers on result files."""
+    p = argparse.ArgumentParser(prog="streamreason eval score",
+                                description="score a streaming benchmark's result files with its official rules")  # fmt: skip
+    p.add_argument("--benchmark", required=True, choices=("ovo", "streamingbench"))
+    p.add_argument(
+        "results_dir", help="OVO-Bench: results/<model>/; StreamingBench: the *_output_<model>.json folder"
+    )
+    p.add_argument("--model-name", help="the model's name (default: the folder's / the output files' key)")
+    p.set_defaults(func=_cmd_eval_score)
+    return p
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse a command line; ``key=value`` overrides may stand before or after options."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["eval", "score"]:
+        return score_parser().parse_args(argv[2:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # argparse leaves overrides after options here
     bad = [x for x in extra if x.startswith("-") or "=" not in x]

@@ -10,11 +10,14 @@ line::
         {"role": "user", "content": "Tell me when a red square appears.", "timestamp": 0.0},
         {"role": "assistant", "content": "yes", "timestamp": 5.0}],
      "thoughts": [{"timestamp": 0.0, "think": "a blue circle, top left"}],   # optional (SFT)
-     "task": "event_timing"}                     # optional
+     "task": "event_timing",                     # optional
+     "video_end": 12.0}                          # optional: the stream stops here, seconds
 
 Each user message is a query asked at ``timestamp`` (seconds from the start of the video); the
 assistant message after it holds the query's ground-truth literal answer and the time from which
 that answer is correct. Timestamps may be numbers or ``"HH:MM:SS[.fff]"`` strings.
+``video_end`` (ThinkStream's eval format) cuts the stream at that time, e.g. at the question of a
+benchmark that shows the video only up to the question.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class StreamRow:
     thoughts: list[Thought] = field(default_factory=list)
     task: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    end_s: float | None = None
 
     @classmethod
     def from_dict(cls, d: Any, where: str, base_dir: str | Path | None = None) -> StreamRow:
@@ -111,7 +115,12 @@ class StreamRow:
             thoughts.append(
                 Thought(_seconds(th.get("timestamp"), where, f"thoughts[{i}].timestamp"), th["think"])
             )
-        known = {"id", "video_path", "video", "conversations", "thoughts", "task"}
+        end_s = None
+        if d.get("video_end") is not None:
+            end_s = _seconds(d["video_end"], where, "video_end")
+            if not end_s > 0:
+                raise RowError(where, f"video_end must be > 0 seconds, got {d['video_end']!r}")
+        known = {"id", "video_path", "video", "conversations", "thoughts", "task", "video_end"}
         return cls(
             id=str(d.get("id", where)),
             video_path=video,
@@ -119,6 +128,7 @@ class StreamRow:
             thoughts=sorted(thoughts, key=lambda x: x.time_s),
             task=d.get("task"),
             meta={k: v for k, v in d.items() if k not in known},
+            end_s=end_s,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +144,8 @@ class StreamRow:
             d["thoughts"] = [{"timestamp": t.time_s, "think": t.think} for t in self.thoughts]
         if self.task is not None:
             d["task"] = self.task
+        if self.end_s is not None:
+            d["video_end"] = self.end_s
         d.update(self.meta)
         return d
 

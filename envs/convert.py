@@ -1,0 +1,245 @@
+"""Dataset converters: other projects' training data and streaming benchmarks into our rows.
+
+``streamreason data convert --from FORMAT IN OUT --video-root DIR`` writes the project's row
+format (ThinkStream's RL JSONL, :mod:`streamreason.types`) from:
+
+========================  ===============================================================
+``thinkstream``           ThinkStream RL JSONL (``video_path``, ``conversations``)
+``thinkstream-sft``       ThinkStream SFT JSONL: the same plus ``thoughts`` (required)
+``vst``                   VST RL parquet (``prompt``, ``video_context``, ``data_source``,
+                          ``reward_model.ground_truth``, ``extra_info.duration``)
+``ovo``                   OVO-Bench ``ovo_bench_new.json`` (all 12 tasks,
+                          :mod:`streamreason.evals.ovo`)
+``streamingbench-real``   StreamingBench ``questions_real.json``
+                          (:mod:`streamreason.evals.streamingbench`)
+``streamingbench-proactive``  StreamingBench ``questions_proactive.json``
+========================  ===============================================================
+
+Formats are those of the projects' released code (SEEDS.md names the repositories). Every
+source entry either becomes rows or is reported with its locator and reason; videos are looked
+up under the video root, and missing ones are counted and listed (``OUT.missing.txt``), never
+fatal: their rows are still written unless ``skip_missing``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamreason.errors import RowError
+from streamreason.types import Query, StreamRow
+
+# An entry reader yields, per source entry, (locator, rows) or (locator, RowError).
+Reader = Callable[[Path], Iterator[tuple[str, "list[StreamRow] | RowError"]]]
+
+
+def video_under(root: Path, path: str) -> str:
+    """``path`` (as a dataset names it, e.g. ``./videos/x.mp4``) resolved under ``root``;
+    absolute paths are kept."""
+    p = Path(path)
+    return str(p if p.is_absolute() else (root / p).resolve())
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path.name}:{i}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, RowError(where, f"not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _thinkstream(path: Path, need_thoughts: bool) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
+    for where, d in _json_lines(path):
+        if isinstance(d, RowError):
+            yield where, d
+            continue
+        try:
+            if isinstance(d, dict) and "id" not in d:
+                d = {"id": where, **d}
+            row = StreamRow.from_dict(d, where)
+            if need_thoughts and not row.thoughts:
+                raise RowError(where, "no 'thoughts' (an RL row? convert it with --from thinkstream)")
+        except RowError as e:
+            yield where, e
+            continue
+        if row.task is None:  # ThinkStream's released rows carry their category here
+            row.task = row.meta.get("interaction_mode") or row.meta.get("response_format")
+        yield where, [row]
+
+
+def read_thinkstream(path: Path):
+    """ThinkStream RL JSONL (``thinkstream/data``; SEEDS.md "RL data"): one row per line, kept
+    as is (extra fields such as ``interaction_mode`` go to ``meta``)."""
+    return _thinkstream(path, need_thoughts=False)
+
+
+def read_thinkstream_sft(path: Path):
+    """ThinkStream SFT JSONL: RL rows plus gold ``thoughts`` (an entry without them is an error)."""
+    return _thinkstream(path, need_thoughts=True)
+
+
+_VST_KINDS = {"multiple choice": "choice", "yes or no": "yesno", "numerical": "number"}
+_BOXED_INSTRUCTION = re.compile(r"\s*Output the final answer in \\boxed\{\}\.?\s*$")
+
+
+def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
+    """VST RL parquet (VST-RL's ``video_memory`` dataset; SEEDS.md "RL data"), one row per entry.
+
+    VST asks its question once, on the last turn, after the whole video: the query is asked and
+    answerable at ``extra_info.duration`` seconds. ``data_source`` is the answer type
+    (``multiple choice``: ground truth ``["A."]`` becomes ``"A"``; ``yes or no``: ``"yes"``/``"no"``;
+    ``numerical``: the number as written). A trailing ``\\boxed{}`` instruction is removed from
+    the prompt: our protocol answers after ``<response>``.
+    """
+    import pyarrow.parquet as pq
+
+    from streamreason.rewards.answers import parse_answer
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise RowError(path.name, f"cannot read as parquet: {e}") from None
+    for i, d in enumerate(table.to_pylist()):
+        where = f"{path.name}:row {i}"
+        try:
+            video = d.get("video_context")
+            prompt = d.get("prompt")
+            if not isinstance(video, str) or not video:
+                raise RowError(where, "missing 'video_context' (the video path)")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise RowError(where, "missing 'prompt' (the problem text)")
+            gt = (d.get("reward_model") or {}).get("ground_truth")
+            gt = gt[0] if isinstance(gt, list) and gt else gt
+            if not isinstance(gt, str) or not gt.strip():
+                raise RowError(where, "missing 'reward_model.ground_truth'")
+            extra = d.get("extra_info") or {}
+            duration = extra.get("duration")
+            if not isinstance(duration, (int, float)) or not duration > 0:
+                raise RowError(where, f"'extra_info.duration' must be > 0 seconds, got {duration!r}")
+            source = d.get("data_source")
+            kind = _VST_KINDS.get(source)
+            answer = parse_answer(gt, kind) if kind else gt.strip()
+            if answer is None:
+                raise RowError(where, f"ground truth {gt!r} is not a {source!r} answer")
+        except RowError as e:
+            yield where, e
+            continue
+        rid = str(extra.get("origin_id") or extra.get("index") or f"vst-{i}")
+        text = _BOXED_INSTRUCTION.sub("", prompt.strip())
+        q = Query(text=text, time_s=float(duration), answer=answer, answer_time_s=float(duration))
+        meta = {"data_source": source, "duration": float(duration)}
+        yield where, [StreamRow(id=rid, video_path=video, queries=[q], task=source, meta=meta)]
+
+
+def _readers() -> dict[str, Reader]:
+    from streamreason.evals import ovo, streamingbench
+
+    return {
+        "thinkstream": read_thinkstream,
+        "thinkstream-sft": read_thinkstream_sft,
+        "vst": read_vst,
+        "ovo": ovo.read_annotations,
+        "streamingbench-real": streamingbench.read_real,
+        "streamingbench-proactive": streamingbench.read_proactive,
+    }
+
+
+FORMATS = (
+    "thinkstream", "thinkstream-sft", "vst", "ovo", "streamingbench-real", "streamingbench-proactive",
+)  # fmt: skip
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion did.
+
+    Attributes:
+        entries: source entries read (lines, parquet rows, annotation entries).
+        rows: rows produced (a benchmark entry may give several, e.g. one per question).
+        errors: one :class:`RowError` per entry that could not be converted (named by locator).
+        missing_videos: ``(row id, video path)`` of rows whose video is not under the root.
+        per_task: task -> ``[rows, queries]``.
+    """
+
+    entries: int = 0
+    rows: list[StreamRow] = field(default_factory=list, repr=False)
+    errors: list[RowError] = field(default_factory=list)
+    missing_videos: list[tuple[str, str]] = field(default_factory=list)
+    per_task: dict[str, list[int]] = field(default_factory=dict)
+
+
+def read_source(fmt: str, src: str | Path, video_root: str | Path | None = None) -> ConvertReport:
+    """Convert ``src`` (of format ``fmt``) into rows in memory, resolving videos under
+    ``video_root`` (default: ``src``'s folder) and checking that they exist.
+
+    Raises:
+        ValueError: unknown ``fmt``.
+        FileNotFoundError: ``src`` does not exist.
+        RowError: ``src`` as a whole cannot be read (not JSON / not parquet / wrong top level).
+    """
+    readers = _readers()
+    if fmt not in readers:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such file")
+    root = Path(video_root) if video_root is not None else src.parent
+    report = ConvertReport()
+    rows_per: Counter[str] = Counter()
+    queries_per: Counter[str] = Counter()
+    exists: dict[str, bool] = {}
+    for _, got in readers[fmt](src):
+        report.entries += 1
+        if isinstance(got, RowError):
+            report.errors.append(got)
+            continue
+        for row in got:
+            row.video_path = video_under(root, row.video_path)
+            if row.video_path not in exists:
+                exists[row.video_path] = Path(row.video_path).is_file()
+            if not exists[row.video_path]:
+                report.missing_videos.append((row.id, row.video_path))
+            task = row.task or "-"
+            rows_per[task] += 1
+            queries_per[task] += len(row.queries)
+            report.rows.append(row)
+    report.per_task = {t: [rows_per[t], queries_per[t]] for t in sorted(rows_per)}
+    return report
+
+
+def convert(fmt: str, src: str | Path, out: str | Path, video_root: str | Path | None = None,
+            skip_missing: bool = False) -> ConvertReport:  # fmt: skip
+    """Convert ``src`` into the row JSONL ``out`` (see :func:`read_source`).
+
+    Also writes ``OUT.missing.txt`` (``row id<TAB>video path`` per row whose video is missing)
+    and ``OUT.errors.txt`` (one line per entry that did not convert) when there are any.
+    With ``skip_missing`` the rows of missing videos are left out of ``out``.
+
+    Returns:
+        the :class:`ConvertReport`.
+    """
+    report = read_source(fmt, src, video_root)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    missing = {rid for rid, _ in report.missing_videos}
+    with open(out, "w", encoding="utf-8") as f:
+        for row in report.rows:
+            if not (skip_missing and row.id in missing):
+                f.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+    for suffix, lines in ((".missing.txt", [f"{r}\t{p}" for r, p in report.missing_videos]),
+                          (".errors.txt", [str(e) for e in report.errors])):  # fmt: skip
+        side = out.with_name(out.name + suffix)
+        if lines:
+            side.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        elif side.exists():
+            side.unlink()
+    return report

@@ -1,0 +1,292 @@
+"""StreamingBench (github.com/THUNLP-MT/StreamingBench): real-time and proactive questions to
+streams, output files, and the official scorer.
+
+Source of every rule here, by file of the upstream repository:
+
+* ``src/benchmark/StreamingBench.py``: a real-time question sees the video up to its
+  ``time_stamp`` (``"HH:MM:SS"``, parsed as ``sum(int(x) * 60**i)`` over the reversed fields, so
+  ``"00:24"`` is 24 s) and is asked with ``PROMPT_TEMPLATE`` (copied verbatim below) followed by
+  ``"\\n\\nThe best option is:"``; the response is stored under the model's name in the question.
+* ``src/benchmark/StreamingBenchProactive.py``: the model is polled every second from
+  ``time_stamp + 1`` to ``ground_truth_time_stamp + 4`` s; the output is
+  ``{"answered": t | False, "dialog_history": [{role, content, time, cost}, ...]}``.
+* ``src/data/count.py``: real-time: a question counts when the model's key is present and its
+  response is non-empty; it is right when the response's first character equals ``answer``
+  (no stripping). Per ``task_type`` and a ``total`` over all questions. Proactive: right when
+  the last dialog turn's time is within 2 s of the ground-truth time (``time accuracy``); the
+  later ``count.py`` also requires ``ground_truth_output`` in that turn's content
+  (``answer accuracy``).
+
+As streams: a real-time question is one row that stops at its time stamp, asked there. A
+proactive question is one row asked at ``time_stamp`` that plays to ground truth + 4 s; each
+1 s chunk is a poll, and the first response is the model speaking: its time is the end of the
+response's chunk (the video seen so far), as the official ``current_time``. Streams start at 0
+(the benchmark's "all context" setting).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamreason.errors import RowError
+from streamreason.types import Query, StreamRow
+
+# src/benchmark/StreamingBench.py, verbatim
+PROMPT_TEMPLATE = """You are an advanced video question-answering AI assistant. You have been provided with some frames from the video and a multiple-choice question related to the video. Your task is to carefully analyze the video and provide the best answer to question, choosing from the four options provided. Respond with only the letter (A, B, C, or D) of the correct option.
+
+Question: {}
+
+Options:
+{}
+{}
+{}
+{}"""  # noqa: E501
+
+# Leaderboard columns of the real-time visual understanding group, in the leaderboard's order.
+REAL_TIME_TASKS = {
+    "Object Recognition": "OP", "Causal Reasoning": "CR", "Clips Summarize": "CS",
+    "Attribute Recognition": "ATP", "Event Understanding": "EU", "Text-Rich Understanding": "TR",
+    "Prospective Reasoning": "PR", "Spatial Understanding": "SU", "Action Recognition": "ACP", "Counting": "CT",
+}  # fmt: skip
+PROACTIVE_GRACE_S = 4  # polling goes on to ground truth + 4 s
+PROACTIVE_TOLERANCE_S = 2  # count.py: right when within 2 s of the ground truth
+
+
+def parse_timestamp(ts: Any, where: str) -> int:
+    """Seconds of a StreamingBench time stamp, as the official code parses it.
+
+    Raises:
+        RowError: not a ``"[[HH:]MM:]SS"`` string of integers.
+    """
+    try:
+        return sum(int(x) * 60**i for i, x in enumerate(reversed(ts.split(":"))))
+    except (AttributeError, ValueError):
+        raise RowError(where, f"time stamp {ts!r} is not 'HH:MM:SS'") from None
+
+
+def build_prompt(question: dict) -> str:
+    """The official real-time prompt (options re-lettered when they lack ``"A."``)."""
+    options = question["options"]
+    if not options[0].startswith("A."):
+        options = [f"A. {options[0]}", f"B. {options[1]}", f"C. {options[2]}", f"D. {options[3]}"]
+    return PROMPT_TEMPLATE.format(question["question"], *options) + "\n\nThe best option is:"
+
+
+def load_questions(path: str | Path) -> list[dict]:
+    """The entry list of ``questions_real.json`` / ``questions_proactive.json``.
+
+    Raises:
+        RowError: not JSON, or not a list of entries with ``video_path`` and ``questions``.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RowError(path.name, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, list):
+        raise RowError(path.name, "expected a JSON list of StreamingBench entries")
+    return data
+
+
+def _entries(path: Path) -> Iterator[tuple[int, str, dict | RowError]]:
+    for e, entry in enumerate(load_questions(path)):
+        where = f"{path.name}[{e}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("video_path"), str):
+            yield e, where, RowError(where, "entry needs 'video_path' (a string)")
+        elif not isinstance(entry.get("questions"), list) or not entry["questions"]:
+            yield e, where, RowError(where, "entry needs 'questions' (a non-empty list)")
+        else:
+            yield e, where, entry
+
+
+def real_rows(entry: dict, e: int, where: str) -> list[StreamRow]:
+    """One row per real-time question of entry ``e`` (``sb-real-<e>-<q>``).
+
+    Raises:
+        RowError: a question is malformed (names it and the field).
+    """
+    rows = []
+    for q, question in enumerate(entry["questions"]):
+        at = f"{where}.questions[{q}]"
+        if not isinstance(question, dict) or not all(
+            isinstance(question.get(k), str) for k in ("question", "answer")
+        ):
+            raise RowError(at, "needs 'question' and 'answer' (strings)")
+        if not isinstance(question.get("options"), list) or len(question["options"]) < 4:
+            raise RowError(at, "needs 'options', a list of 4")
+        t = parse_timestamp(question.get("time_stamp"), at)
+        meta = {"benchmark": "streamingbench", "entry": e, "question": q}
+        query = Query(build_prompt(question), float(t), question["answer"], float(t))
+        rows.append(StreamRow(f"sb-real-{e}-{q}", entry["video_path"], [query], task=question.get("task_type"),
+                              meta=meta, end_s=max(t, 1)))  # fmt: skip
+    return rows
+
+
+def proactive_rows(entry: dict, e: int, where: str) -> list[StreamRow]:
+    """One row per proactive question of entry ``e`` (``sb-proactive-<e>-<q>``).
+
+    Raises:
+        RowError: a question is malformed (names it and the field).
+    """
+    rows = []
+    for q, question in enumerate(entry["questions"]):
+        at = f"{where}.questions[{q}]"
+        if not isinstance(question, dict) or not all(
+            isinstance(question.get(k), str) for k in ("question", "ground_truth_output")
+        ):
+            raise RowError(at, "needs 'question' and 'ground_truth_output' (strings)")
+        t = parse_timestamp(question.get("time_stamp"), at)
+        gt = parse_timestamp(question.get("ground_truth_time_stamp"), at)
+        meta = {"benchmark": "streamingbench", "entry": e, "question": q}
+        query = Query(question["question"], float(t), question["ground_truth_output"], float(gt))
+        rows.append(StreamRow(f"sb-proactive-{e}-{q}", entry["video_path"], [query],
+                              task=question.get("task_type", "Proactive Output"), meta=meta,
+                              end_s=gt + PROACTIVE_GRACE_S))  # fmt: skip
+    return rows
+
+
+def _read(path: Path, build) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
+    for e, where, entry in _entries(path):
+        if isinstance(entry, RowError):
+            yield where, entry
+            continue
+        try:
+            yield where, build(entry, e, where)
+        except RowError as err:
+            yield where, err
+
+
+def read_real(path: Path):
+    """Converter entry point (``data convert --from streamingbench-real``)."""
+    return _read(path, real_rows)
+
+
+def read_proactive(path: Path):
+    """Converter entry point (``data convert --from streamingbench-proactive``)."""
+    return _read(path, proactive_rows)
+
+
+def proactive_record(polls: list[tuple[float, str]], answered_at: float | None) -> dict:
+    """The official proactive output of one question.
+
+    Args:
+        polls: ``(time, content)`` of every poll, seconds and the model's text (``""`` when silent).
+        answered_at: when the model spoke, or None.
+    """
+    history = []
+    for t, content in polls:
+        history.append({"role": "user", "content": "", "time": t, "cost": 0.0})
+        history.append({"role": "assistant", "content": content, "time": t, "cost": 0.0})
+    return {"answered": answered_at if answered_at is not None else False, "dialog_history": history}
+
+
+def find_model_key(data: list[dict]) -> str:
+    """The model name under which an output file stores responses (the one key that questions
+    carry beyond the annotation's).
+
+    Raises:
+        RowError: none or several candidate keys.
+    """
+    known = {"task_type", "question", "time_stamp", "answer", "options", "required_ability", "cause",
+             "effect", "ground_truth_time_stamp", "ground_truth_output"}  # fmt: skip
+    keys = {k for entry in data for q in entry.get("questions", []) for k in q if k not in known}
+    if len(keys) != 1:
+        raise RowError("output file", f"cannot tell the model's key among {sorted(keys)}; pass --model-name")
+    return keys.pop()
+
+
+@dataclass
+class SBScore:
+    """Official StreamingBench counts (``count.py``).
+
+    Attributes:
+        tasks: task_type -> ``(total, correct)`` for real-time questions.
+        proactive: ``(total, time_correct, answer_correct)``, or None when not scored.
+        unanswered: questions skipped because the model's response is missing or empty.
+    """
+
+    tasks: dict[str, tuple[int, int]] = field(default_factory=dict)
+    proactive: tuple[int, int, int] | None = None
+    unanswered: int = 0
+
+    @property
+    def total(self) -> tuple[int, int]:
+        """``(total, correct)`` over all real-time questions (count.py's ``total`` row)."""
+        return sum(t for t, _ in self.tasks.values()), sum(c for _, c in self.tasks.values())
+
+    def table(self, model: str):
+        """A rich table in the leaderboard's layout: the real-time tasks in its column order,
+        then the group's overall accuracy, then proactive output (percent)."""
+        from rich.table import Table
+
+        table = Table(title=f"StreamingBench: {model} (accuracy %, questions in brackets)")
+        cells = []
+        for name, short in REAL_TIME_TASKS.items():
+            if name in self.tasks:
+                table.add_column(short, justify="right")
+                cells.append(_pct(*self.tasks[name]))
+        for name in sorted(set(self.tasks) - set(REAL_TIME_TASKS)):
+            table.add_column(name, justify="right")
+            cells.append(_pct(*self.tasks[name]))
+        if self.tasks:
+            table.add_column("Real-Time All", justify="right")
+            cells.append(_pct(*self.total))
+        if self.proactive is not None:
+            n, time_ok, answer_ok = self.proactive
+            table.add_column("Proactive (time)", justify="right")
+            table.add_column("Proactive (time+answer)", justify="right")
+            cells += [_pct(n, time_ok), _pct(n, answer_ok)]
+        table.add_row(*cells)
+        return table
+
+
+def _pct(total: int, correct: int) -> str:
+    return f"{100 * correct / total:.2f} ({total})" if total else "- (0)"
+
+
+def score(real: list[dict] | None, proactive: list[dict] | None, model: str) -> SBScore:
+    """Score output files (their parsed JSON) as ``count.py`` does.
+
+    Raises:
+        RowError: a question's record is malformed (names the entry and question).
+    """
+    out = SBScore()
+    tasks: dict[str, list[int]] = {}
+    for e, entry in enumerate(real or []):
+        for q, question in enumerate(entry["questions"]):
+            if model not in question:
+                continue
+            response = question[model]
+            if not response:  # count.py: `if model_answer:`
+                out.unanswered += 1
+                continue
+            try:
+                counts = tasks.setdefault(question["task_type"], [0, 0])
+                counts[1] += int(response[0] == question["answer"])
+            except (KeyError, TypeError) as err:
+                raise RowError(f"[{e}].questions[{q}]", f"malformed real-time record: {err!r}") from None
+            counts[0] += 1
+    out.tasks = {k: (v[0], v[1]) for k, v in tasks.items()}
+    if proactive is not None:
+        n = time_ok = answer_ok = 0
+        for e, entry in enumerate(proactive):
+            for q, question in enumerate(entry["questions"]):
+                if model not in question:
+                    continue
+                record = question[model]
+                try:
+                    last = record["dialog_history"][-1]
+                    gt = parse_timestamp(question["ground_truth_time_stamp"], f"[{e}].questions[{q}]")
+                    on_time = -PROACTIVE_TOLERANCE_S <= last["time"] - gt <= PROACTIVE_TOLERANCE_S
+                    said = question["ground_truth_output"] in (last["content"] or "")
+                except (KeyError, IndexError, TypeError) as err:
+                    raise RowError(f"[{e}].questions[{q}]", f"malformed proactive record: {err!r}") from None
+                n += 1
+                time_ok += on_time
+                answer_ok += on_time and said
+        out.proactive = (n, time_ok, answer_ok)
+    return out
