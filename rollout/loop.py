@@ -125,7 +125,8 @@ class Trajectory:
             for t in self.turns
         ]
         meta = dict(self.row.meta, task=self.row.task)
-        return Episode(self.row.id, self.chunk_seconds, list(self.row.queries), turns, meta)
+        n_chunks = self.turns[-1].chunk_index + 1 if self.turns else None
+        return Episode(self.row.id, self.chunk_seconds, list(self.row.queries), turns, meta, n_chunks)
 
     def model_inputs(self, turn: int) -> dict[str, torch.Tensor]:
         """Forward-pass inputs of prompt + response of ``turn`` (batch of 1).

@@ -233,6 +233,8 @@ class Episode:
         queries: the row's queries with ground truth.
         turns: one :class:`TurnOutcome` per chunk, in order.
         meta: the row's extra fields (task, data source, ...).
+        n_chunks: chunks in the stream, when known: times past its end map to its last chunk,
+            as the env shows queries asked at or after the end with the last chunk.
     """
 
     row_id: str
@@ -240,7 +242,10 @@ class Episode:
     queries: list[Query]
     turns: list[TurnOutcome]
     meta: dict[str, Any] = field(default_factory=dict)
+    n_chunks: int | None = None
 
     def chunk_of(self, time_s: float) -> int:
-        """The chunk whose window holds ``time_s``: ``floor(time_s / chunk_seconds)``."""
-        return int(math.floor(time_s / self.chunk_seconds + 1e-9))
+        """The chunk whose window holds ``time_s``: ``floor(time_s / chunk_seconds)``, at most the
+        last chunk when :attr:`n_chunks` is known."""
+        k = int(math.floor(time_s / self.chunk_seconds + 1e-9))
+        return k if self.n_chunks is None else min(k, self.n_chunks - 1)

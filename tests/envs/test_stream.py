@@ -182,3 +182,23 @@ def test_bad_video_fails_reset_and_leaves_no_episode(tmp_path, make, reason):
     assert str(path) in str(e.value)
     with pytest.raises(RuntimeError):
         env.step("x")
+
+
+def test_video_end_cuts_the_stream_at_the_question(scene, colour_at):
+    """A row with ``end_s`` stops at ceil(end / cs) chunks (OVO-Bench's clip rule), its query at
+    the end comes with the last chunk, and a full-length copy of the same video in the same
+    store keeps its own plan."""
+    store = FrameStore(EnvConfig(**NATIVE))
+    cut = StreamRow("cut", str(scene.path), [Query("what is red?", 3.5)], end_s=3.5)
+    full_env, cut_env = StreamingVideoEnv(store.cfg, store), StreamingVideoEnv(store.cfg, store)
+    seen, (_, terminated, truncated, _) = _run(cut_env, cut)
+    assert (
+        [info["n_chunks"] for _, info in seen[:1]] == [4] and len(seen) == 4 and terminated and not truncated
+    )
+    assert [len(o["queries"]) for o, _ in seen] == [0, 0, 0, 1]
+    last = seen[-1][0]
+    assert last["frame_times_s"].tolist() == [3.0, 3.5]
+    assert colour_at(last["frames"][1], scene.red, 3.5) == "red"
+    obs, info = full_env.reset(_row(scene.path))
+    assert info["n_chunks"] == 8 and store.cached_chunks(str(scene.path)) == [0]
+    assert StreamRow.from_dict(cut.to_dict(), "x").end_s == 3.5
