@@ -29,7 +29,7 @@ from typing import Any
 from streamreason.envs.convert import read_source
 from streamreason.errors import ConfigError
 from streamreason.evals import ovo, streamingbench
-from streamreason.rewards.outcomes import attributed_responses, query_outcomes
+from streamreason.rewards.outcomes import attributed_responses
 from streamreason.types import StreamRow, read_rows
 
 BENCHMARKS = ("ovo", "streamingbench", "synthetic")
@@ -46,6 +46,8 @@ class Prediction:
         ground_truth: the annotation's answer.
         response: the response text, or None (silent until the stream ended, or the row failed).
         response_s: end of the response's chunk, seconds (None without a response).
+        timing_error_s: ``(response chunk - answerable chunk) * chunk_seconds``, seconds
+            (negative: before the evidence); None without a response or an answer time.
         polls: ``(time, text)`` of every turn from the question on, until the response
             (StreamingBench proactive records them).
     """
@@ -58,6 +60,7 @@ class Prediction:
     ground_truth: str | None
     response: str | None = None
     response_s: float | None = None
+    timing_error_s: float | None = None
     polls: tuple[tuple[float, str], ...] = ()
 
 
@@ -70,9 +73,12 @@ def predictions(traj) -> list[Prediction]:
         first = next((t for t in turns if t.chunk_index >= asked), None)
         polls = tuple((t.end_s, t.response if t.action == "response" else "") for t in ep.turns
                       if t.chunk_index >= asked and (first is None or t.chunk_index <= first.chunk_index))  # fmt: skip
-        out.append(Prediction(traj.row.id, traj.row.task, i, q.time_s, q.answer_time_s, q.answer,
-                              None if first is None else first.response, None if first is None else first.end_s,
-                              polls))  # fmt: skip
+        p = Prediction(traj.row.id, traj.row.task, i, q.time_s, q.answer_time_s, q.answer, polls=polls)
+        if first is not None:
+            p.response, p.response_s = first.response, first.end_s
+            if q.answer_time_s is not None:
+                p.timing_error_s = (first.chunk_index - ep.chunk_of(q.answer_time_s)) * ep.chunk_seconds
+        out.append(p)
     return out
 
 
@@ -206,24 +212,27 @@ def score_official(benchmark: str, files: list[Path], name: str) -> tuple[dict, 
     return scores, result.table(name)
 
 
-def synthetic_scores(trajs, name: str) -> tuple[dict, Any]:
-    """Per-task accuracy, answer rate and mean |timing error| of the synthetic benchmark
-    (ThinkStream's literal answers, :func:`~streamreason.rewards.outcomes.query_outcomes`)."""
+def synthetic_scores(
+    rows: list[StreamRow], preds: dict[str, list[Prediction]], name: str
+) -> tuple[dict, Any]:
+    """Per-task accuracy (ThinkStream's literal answers), answer rate and mean |timing error| of
+    the synthetic benchmark, from the predictions."""
     from rich.table import Table
 
-    per: dict[str, list] = defaultdict(list)
-    for t in trajs:
-        for o in query_outcomes(t.episode()):
-            per[t.row.task or "-"].append(o)
+    per: dict[str, list[tuple[Prediction, float]]] = defaultdict(list)
+    for row in rows:
+        for p in preds[row.id]:
+            per[row.task or "-"].append((p, item_score("synthetic", row, p) or 0.0))
     scores = {}
     table = Table(title=f"synthetic benchmark: {name}")
     for col in ("task", "questions", "accuracy %", "answered %", "|timing error| s"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for task in sorted(per) + ["all"]:
-        outs = [o for v in per.values() for o in v] if task == "all" else per[task]
-        errs = [abs(o.timing_error_s) for o in outs if o.timing_error_s is not None]
-        s = {"questions": len(outs), "accuracy": 100 * sum(bool(o.correct) for o in outs) / max(len(outs), 1),
-             "answered": 100 * sum(o.answer is not None for o in outs) / max(len(outs), 1),
+        items = [x for v in per.values() for x in v] if task == "all" else per[task]
+        errs = [abs(p.timing_error_s) for p, _ in items if p.timing_error_s is not None]
+        n = max(len(items), 1)
+        s = {"questions": len(items), "accuracy": 100 * sum(sc for _, sc in items) / n,
+             "answered": 100 * sum(p.response is not None for p, _ in items) / n,
              "abs_timing_error_s": sum(errs) / len(errs) if errs else math.nan}  # fmt: skip
         scores[task] = s
         table.add_row(task, str(s["questions"]), f"{s['accuracy']:.2f}", f"{s['answered']:.2f}",
@@ -276,7 +285,7 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
                       f"{info['missing_videos']} streams name a missing video (scored as unanswered)[/]")  # fmt: skip
     encoder, engine = stack or rollout_stack(cfg)[2:]
     preds: dict[str, list[Prediction]] = {}
-    trajs_all, failures = [], []
+    failures = []
     with EnvPool(cfg.rollout.env, cfg.env_pool.num_workers, cfg.env_pool.in_process) as pool, \
             tqdm(total=len(rows), desc=f"{benchmark} streams", unit="stream") as bar:  # fmt: skip
         for i in range(0, len(rows), batch_rows):
@@ -285,7 +294,6 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
                                         group_size=1)  # fmt: skip
             for t in trajs:
                 preds[t.row.id] = predictions(t)
-            trajs_all += trajs
             failures += fails
             bar.update(len(batch))
     by_id = {r.id: r for r in rows}
@@ -301,7 +309,7 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
         (out_dir / "failures.txt").write_text("".join(f"{f.row_id}\t{f.error}\n" for f in failures))
     files = write_official(benchmark, anno, rows, preds, out_dir, name)
     if benchmark == "synthetic":
-        scores, printable = synthetic_scores(trajs_all, name)
+        scores, printable = synthetic_scores(rows, preds, name)
     else:
         scores, printable = score_official(benchmark, files, name)
     console.print(printable)

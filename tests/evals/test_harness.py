@@ -145,3 +145,16 @@ def test_streamingbench_harness_polls_proactive_questions(tiny_model_dir, synth,
     capsys.readouterr()
     main(["eval", "score", "--benchmark", "streamingbench", str(tmp_path / "out")])
     assert "100.00 (1)" in capsys.readouterr().out
+
+
+def test_synthetic_benchmark_scores_gold_answers_as_right_and_on_time(tiny_model_dir, synth, tmp_path):
+    cfg = _cfg(tiny_model_dir)
+    rows = read_source("thinkstream", synth).rows
+    summary = run_benchmark("synthetic", cfg, anno=[str(synth)], video_root=None, out_dir=tmp_path,
+                            name="gold", stack=_stack(cfg, rows))  # fmt: skip
+    everything = summary["scores"]["all"]
+    assert (everything["accuracy"], everything["answered"], everything["abs_timing_error_s"]) == (
+        100.0,
+        100.0,
+        0.0,
+    )
