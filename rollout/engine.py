@@ -28,11 +28,14 @@ class SamplingConfig:
         temperature: 0 means greedy.
         top_p: nucleus mass; 1.0 disables.
         top_k: 0 disables.
+        min_new_tokens: the end-of-turn token is suppressed before this many tokens (0: never).
+            Benchmarks set it to the turn's token limit for fixed output lengths.
     """
 
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 50
+    min_new_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,12 +125,15 @@ class Generation:
         logprobs: float ``[R]``, log-prob of each token under the temperature-scaled policy.
         forced: bool ``[R]``, tokens forced by the think budget (not sampled).
         finish_reason: ``"stop"`` (end-of-turn token) or ``"length"`` (max_new_tokens).
+        cached_prompt_tokens: prompt tokens whose KV came from the engine's prefix cache
+            (vLLM's ``RequestOutput.num_cached_tokens``); None for engines without one.
     """
 
     token_ids: list[int]
     logprobs: list[float]
     forced: list[bool]
     finish_reason: str
+    cached_prompt_tokens: int | None = None
 
 
 @dataclass
@@ -296,7 +302,8 @@ class TransformersEngine(Engine):
             do_sample=not greedy, temperature=None if greedy else sampling.temperature,
             top_p=None if greedy or sampling.top_p >= 1.0 else sampling.top_p,
             top_k=None if greedy or sampling.top_k <= 0 else sampling.top_k,
-            max_new_tokens=max_new_tokens, eos_token_id=self.end_ids, pad_token_id=self.pad_id,
+            max_new_tokens=max_new_tokens, min_new_tokens=min(sampling.min_new_tokens, max_new_tokens) or None,
+            eos_token_id=self.end_ids, pad_token_id=self.pad_id,
             suppress_tokens=self.banned_ids,
             logits_processor=processors, output_logits=True, return_dict_in_generate=True,
         )  # fmt: skip

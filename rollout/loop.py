@@ -70,6 +70,8 @@ class TurnRecord:
         parsed: the protocol's reading of ``text``.
         think_tokens: tokens inside the think span.
         memory: context figures of this turn.
+        cached_prompt_tokens: prompt tokens the engine served from its prefix cache (None:
+            the engine has none).
     """
 
     chunk_index: int
@@ -87,6 +89,7 @@ class TurnRecord:
     parsed: ParsedTurn
     think_tokens: int
     memory: MemoryStats
+    cached_prompt_tokens: int | None = None
 
 
 @dataclass
@@ -229,6 +232,7 @@ class TrajectoryRecorder:
             response_mask=np.asarray([not f for f in gen.forced], np.int8), env_ids=list(env_tail),
             finish_reason=gen.finish_reason, text=text, parsed=self.encoder.protocol.parse(text, ended),
             think_tokens=count_think_tokens(body, self.open_ids, self.close_ids), memory=prompt.stats,
+            cached_prompt_tokens=gen.cached_prompt_tokens,
         )  # fmt: skip
         self.traj.turns.append(record)
         self.memory.add_reply(gen.token_ids + env_tail)

@@ -148,14 +148,16 @@ class VLLMEngine(Engine):
         return self.vllm.SamplingParams(
             n=1, temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p, top_k=-1 if greedy or sampling.top_k <= 0 else sampling.top_k,
-            max_tokens=max_tokens, stop_token_ids=self.end_ids, logprobs=0, logit_bias=self.logit_bias or None,
+            max_tokens=max_tokens, min_tokens=min(sampling.min_new_tokens, max_tokens),
+            stop_token_ids=self.end_ids, logprobs=0, logit_bias=self.logit_bias or None,
             detokenize=False, skip_special_tokens=False,
         )  # fmt: skip
 
     def _run(
         self, requests: list[GenerationRequest], tails: list[list[int]], sampling, max_tokens: list[int]
     ):
-        """One vLLM call: request ``i`` continues ``prompt_ids + tails[i]``; returns its completions."""
+        """One vLLM call: request ``i`` continues ``prompt_ids + tails[i]``; returns its completions
+        and the prompt tokens each found in the prefix cache."""
         prompts = []
         for r, tail in zip(requests, tails):
             prompt = {"prompt_token_ids": collapse_placeholders(r.prompt_ids + tail, self.placeholders)}
@@ -173,7 +175,7 @@ class VLLMEngine(Engine):
                     f"built {len(r.prompt_ids) + len(tail)}: its processor encodes the frames differently "
                     "(resize or frames per chunk): check the model's processor config against env.*"
                 )
-        return [out.outputs[0] for out in outs]
+        return [out.outputs[0] for out in outs], [out.num_cached_tokens or 0 for out in outs]
 
     @staticmethod
     def _unpack(completion) -> tuple[list[int], list[float]]:
@@ -182,16 +184,20 @@ class VLLMEngine(Engine):
         return ids, lps
 
     def generate(self, requests, sampling, max_new_tokens, think_budget: ThinkBudget | None = None):
-        first = self._run(requests, [[] for _ in requests], sampling, [max_new_tokens] * len(requests))
+        first, cached = self._run(
+            requests, [[] for _ in requests], sampling, [max_new_tokens] * len(requests)
+        )
         out = [finish_turn(*self._unpack(c), self.end_ids, think_budget, max_new_tokens) for c in first]
         redo = [i for i, g in enumerate(out) if isinstance(g, BudgetCut)]
         if redo:
             tails = [out[i].token_ids for i in redo]
-            second = self._run(
+            second, _ = self._run(
                 [requests[i] for i in redo], tails, sampling, [max_new_tokens - len(t) for t in tails]
             )
             for i, c in zip(redo, second):
                 out[i] = finish_turn(*self._unpack(c), self.end_ids, None, max_new_tokens, resumed=out[i])
+        for g, n in zip(out, cached, strict=True):  # the turn's prompt, as first sent
+            g.cached_prompt_tokens = n
         return out
 
     def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -373,3 +373,25 @@ def load_policy(
     ).to(device)
     processor = AutoProcessor.from_pretrained(model_dir)
     return model.eval(), processor
+
+
+def random_policy(
+    model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+):
+    """A checkpoint folder's architecture with random weights, built directly on ``device``
+    (reference-size benchmarks from :func:`build_reference_config` without weight files).
+
+    Returns:
+        ``(model, processor)``; the model is in eval mode.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` is not a folder with a ``config.json``.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = check_model_dir(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    config._attn_implementation = attention_backend()
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    return model.eval(), AutoProcessor.from_pretrained(model_dir)

@@ -1,0 +1,225 @@
+"""Shared set-up of the benchmarks: model, videos, ThinkStream's rollout settings, engines,
+result tables.
+
+Every script runs a Qwen2.5-VL-3B-shaped model with random (dummy) weights on the GPU at
+ThinkStream's settings (1 s chunks, 2 frames per chunk, 128-192 x 28^2 pixels per frame, think
+budget 20, 30 new tokens per turn, fixed output lengths, group 8), or, with ``--tiny``, the
+tiny model with the transformers engine on the CPU: a smoke run that checks the script, not
+a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from streamreason.envs.stream import EnvConfig
+from streamreason.rollout.engine import SamplingConfig
+from streamreason.rollout.loop import RolloutConfig
+from streamreason.rollout.memory import MemoryConfig
+from streamreason.rollout.protocol import ProtocolConfig
+
+# ThinkStream (SEEDS.md): 1 s chunks, 2 frames, 128-192 x 28^2 pixels, think budget 20, 30 tokens.
+THINKSTREAM_ENV = dict(chunk_seconds=1.0, frames_per_chunk=2, min_pixels=128 * 28 * 28, max_pixels=192 * 28 * 28,
+                       max_chunks=None)  # fmt: skip
+TINY_ENV = dict(
+    chunk_seconds=1.0, frames_per_chunk=2, min_pixels=56 * 56, max_pixels=112 * 112, max_chunks=None
+)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--tiny", action="store_true", help="CPU smoke run with the tiny model (not a measurement)"
+    )
+    p.add_argument("--size", default="3b", choices=("3b", "7b"), help="reference model shape (dummy weights)")
+    p.add_argument("--work", help="folder for the model config and videos (default: a temporary folder)")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.8, help="vLLM's share of GPU memory")
+    p.add_argument(
+        "--eager", action="store_true", help="vLLM without CUDA graphs (faster start, slower decode)"
+    )
+    return p
+
+
+@dataclass
+class Setup:
+    """What a benchmark runs on.
+
+    Attributes:
+        tiny: CPU smoke mode.
+        model_dir: checkpoint folder (config, tokenizer, processor; no weights for the reference shapes).
+        device: ``cuda`` or ``cpu``.
+        work: folder for videos and the model.
+    """
+
+    tiny: bool
+    model_dir: Path
+    device: str
+    work: Path
+    size: str
+    gpu_memory_utilization: float
+    eager: bool
+
+
+def setup(args) -> Setup:
+    """Build the model folder (tiny, or the reference shape) under ``--work``."""
+    from streamreason.modeling import build_reference_config, build_tiny_model
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="streamreason-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        model_dir = work / "tiny"
+        if not (model_dir / "config.json").exists():
+            build_tiny_model(model_dir)
+        device = "cpu"
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("this benchmark needs a CUDA GPU; use --tiny for a CPU smoke run")
+        model_dir = work / f"qwen2_5_vl_{args.size}"
+        if not (model_dir / "config.json").exists():
+            build_reference_config(model_dir, args.size)
+        device = "cuda"
+    return Setup(args.tiny, model_dir, device, work, args.size, args.gpu_memory_utilization, args.eager)
+
+
+def env_config(s: Setup) -> EnvConfig:
+    return EnvConfig(**(TINY_ENV if s.tiny else THINKSTREAM_ENV))
+
+
+def rollout_config(s: Setup, *, window: int = 20, block: int = 1, keep_all_video: bool = False, group: int = 8,
+                   text_recent_tokens: int = 0, text_sink_tokens: int = 0) -> RolloutConfig:  # fmt: skip
+    """ThinkStream's rollout settings with fixed output lengths (every turn 30 tokens)."""
+    protocol = ProtocolConfig(think_budget=20, max_new_tokens=30)
+    memory = MemoryConfig(window_chunks=window, evict_block=block, keep_all_video=keep_all_video,
+                          text_sink_tokens=text_sink_tokens, text_recent_tokens=text_recent_tokens)  # fmt: skip
+    return RolloutConfig(env=env_config(s), protocol=protocol, memory=memory,
+                         sampling=SamplingConfig(min_new_tokens=protocol.max_new_tokens), group_size=group)  # fmt: skip
+
+
+def videos(s: Setup, n: int, seconds: int, seed: int = 0):
+    """``n`` synthetic streams of ``seconds`` each (real H.264 MP4s, cached under ``work``)."""
+    from streamreason.envs.synthetic import synthesize
+    from streamreason.types import read_rows
+
+    out = s.work / f"videos_{n}x{seconds}s_{seed}"
+    data = out / "data.jsonl"
+    if not data.exists():
+        synthesize(out, n, seed, min_seconds=seconds, max_seconds=seconds, video_fps=4)
+    rows, bad = read_rows(data)
+    assert not bad, bad
+    return rows
+
+
+def stack(s: Setup, engine: str, max_videos: int, seed: int = 0):
+    """``(encoder, engine)``: the transformers engine (the policy with random weights) or the
+    vLLM engine (``load_format="dummy"``)."""
+    from streamreason.modeling import load_policy, random_policy
+    from streamreason.rollout.chat import ChatEncoder
+    from streamreason.rollout.engine import make_engine
+    from streamreason.rollout.protocol import get_protocol
+
+    dtype = torch.float32 if s.tiny else torch.bfloat16
+    if engine == "vllm":
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(s.model_dir)
+        eng = make_engine("vllm", model_dir=str(s.model_dir), tokenizer=processor.tokenizer, max_videos=max_videos,
+                          dtype="bfloat16", load_format="dummy", gpu_memory_utilization=s.gpu_memory_utilization,
+                          enforce_eager=s.eager, max_model_len=32768, seed=seed)  # fmt: skip
+    else:
+        load = load_policy if s.tiny else random_policy
+        model, processor = load(s.model_dir, dtype=dtype, device=s.device)
+        eng = make_engine(
+            "transformers", model=model, tokenizer=processor.tokenizer, max_batch_size=64, seed=seed
+        )
+    return ChatEncoder(processor, get_protocol("watch_think_speak")), eng
+
+
+def device_line() -> str:
+    """The machine, in words: GPU (or CPU), torch, vLLM when installed."""
+    parts = [torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86'})",
+             f"torch {torch.__version__}"]  # fmt: skip
+    try:
+        import vllm
+
+        parts.append(f"vLLM {vllm.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def gpu_memory_gib() -> float:
+    """GPU memory in use on the device (all processes), GiB; NaN on CPU."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**30
+
+
+def kv_bytes_per_token(model_dir: Path) -> int:
+    """Bytes of KV cache one context token takes in bf16: ``2 * layers * kv_heads * head_dim * 2``."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    return 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim * 2
+
+
+class Timer:
+    """Wall time of a block, seconds (CUDA synchronised)."""
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.t0
+
+
+def report(title: str, columns: list[str], rows: list[list], s: Setup, config: dict, out: str | None,
+           notes: list[str] = ()) -> dict:  # fmt: skip
+    """Print a table with the device, config and command; write it as JSON to ``out``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    table = Table(title=title, caption=f"{device_line()}\n{command}")
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*[_fmt(x) for x in r])
+    console = Console(width=200)
+    console.print(table)
+    console.print("config: " + json.dumps(config))
+    for n in notes:
+        console.print(n)
+    result = {"title": title, "device": device_line(), "command": command, "config": config, "tiny": s.tiny,
+              "columns": columns, "rows": rows, "notes": list(notes)}  # fmt: skip
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 10 else f"{x:,.1f}"
+    return str(x)
+
+
+def config_dict(cfg: RolloutConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,80 @@
+"""Rollout throughput: the vLLM engine with memory W=20, the vLLM engine keeping all video, and
+the transformers engine with W=20, on the same streams in one run.
+
+Reports video-seconds watched per second (over all G trajectories), generated tokens/s,
+turns/s, the mean context and the share of prompt tokens vLLM served from its prefix cache, and
+each configuration's ratio to the transformers engine.
+
+    python bench/rollout_throughput.py [--rows 1 --seconds 60 --group 8] [--tiny]
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import torch
+from common import Timer, parser, report, rollout_config, setup, stack, videos
+
+from streamreason.envs.pool import EnvPool
+from streamreason.rollout.loop import run_rollouts
+
+CONFIGS = [  # (name, engine, memory)
+    ("transformers, W=20", "transformers", dict(window=20)),
+    ("vLLM, W=20", "vllm", dict(window=20)),
+    ("vLLM, all video", "vllm", dict(keep_all_video=True)),
+]
+
+
+def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict) -> dict:
+    cfg = rollout_config(s, group=group, **memory)
+    n_chunks = max(int(np.ceil(r.meta["duration_s"])) for r in rows)
+    if engine_name not in stack_cache:
+        stack_cache.clear()  # one engine on the GPU at a time
+        gc.collect()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        stack_cache[engine_name] = stack(s, engine_name, max_videos=n_chunks + 1)
+    encoder, engine = stack_cache[engine_name]
+    with EnvPool(cfg.env, num_workers=2, in_process=s.tiny) as pool, Timer() as t:
+        trajs, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg)
+    assert not failures, failures
+    turns = [x for tr in trajs for x in tr.turns]
+    cached = [x.cached_prompt_tokens / len(x.prompt_ids) for x in turns if x.cached_prompt_tokens is not None]
+    return {
+        "seconds": t.seconds,
+        "video_s_per_s": sum(tr.chunk_seconds * len(tr.turns) for tr in trajs) / t.seconds,
+        "tokens_per_s": sum(len(x.response_ids) for x in turns) / t.seconds,
+        "turns_per_s": len(turns) / t.seconds,
+        "context": float(np.mean([len(x.prompt_ids) for x in turns])),
+        "cached": float(np.mean(cached)) if cached else float("nan"),
+    }
+
+
+def main(argv=None):
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1, help="streams (each rolled out G times)")
+    p.add_argument("--seconds", type=int, default=60, help="video length, seconds")
+    p.add_argument("--group", type=int, default=8, help="G, trajectories per stream")
+    args = p.parse_args(argv)
+    s = setup(args)
+    configs = [c for c in CONFIGS if not (s.tiny and c[1] == "vllm")]  # vLLM needs CUDA
+    if s.tiny:
+        args.rows, args.seconds, args.group = 1, 4, 2
+    rows = videos(s, args.rows, args.seconds)
+    cache: dict = {}
+    results = {name: measure(s, rows, eng, mem, args.group, cache) for name, eng, mem in configs}
+    base = results[configs[0][0]]
+    table = [[name, r["seconds"], r["video_s_per_s"], r["tokens_per_s"], r["turns_per_s"], r["context"],
+              100 * r["cached"], r["video_s_per_s"] / base["video_s_per_s"]] for name, r in results.items()]  # fmt: skip
+    return report(
+        f"Rollout throughput: {args.rows} stream(s) x {args.seconds} s x G={args.group}",
+        ["engine, memory", "wall s", "video-s/s", "gen tokens/s", "turns/s", "mean context", "prefix-cached %",
+         "x transformers"], table, s,
+        {"rows": args.rows, "seconds": args.seconds, "group": args.group, "size": s.size, "eager": s.eager,
+         "gpu_memory_utilization": s.gpu_memory_utilization},
+        args.out,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The benchmarks' --tiny CPU smoke runs: each script runs end to end and its table holds
+sane figures (the benchmarks themselves run on the GPU, docs/performance.md)."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _run(name, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / f"{name}.json"
+    module.main(["--tiny", "--work", str(tmp_path / "work"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["tiny"] and result["command"].startswith("python ") and "torch" in result["device"]
+    return [dict(zip(result["columns"], r, strict=True)) for r in result["rows"]]
+
+
+def test_rollout_throughput_generates_fixed_length_turns(tmp_path, monkeypatch):
+    (row,) = _run("rollout_throughput", tmp_path, monkeypatch)
+    assert row["engine, memory"] == "transformers, W=20" and row["x transformers"] == 1.0
+    assert row["gen tokens/s"] / row["turns/s"] == pytest.approx(30)  # 30 tokens every turn
+    assert row["video-s/s"] == pytest.approx(row["turns/s"])  # 1 s chunks
+
+
+def test_latency_reports_each_mark_and_stream_count(tmp_path, monkeypatch):
+    rows = _run("latency", tmp_path, monkeypatch)
+    assert [(r["streams"], r["video min"]) for r in rows] == [
+        ("1 stream(s)", 0.05), ("1 stream(s)", 0.1), ("2 stream(s)", 0.05), ("2 stream(s)", 0.1)]  # fmt: skip
+    assert all(0 < r["p50 ms"] <= r["p95 ms"] and r["context tokens"] > 0 for r in rows)
+
+
+def test_prefix_reuse_grows_with_the_eviction_block(tmp_path, monkeypatch):
+    rows = _run("prefix_reuse", tmp_path, monkeypatch)
+    assert [r["B"] for r in rows] == [1, 4, 8]
+    share = [r["shareable prefix % (memory)"] for r in rows]
+    assert 0 < share[0] < share[1] < share[2] <= 100
+    assert all(r["vLLM cached % of prompt tokens"] is None or math.isnan(r["vLLM cached % of prompt tokens"])
+               for r in rows)  # fmt: skip
+
+
+def test_learner_update_is_finite(tmp_path, monkeypatch):
+    (row,) = _run("learner", tmp_path, monkeypatch)
+    assert row["rows"] > 0 and row["tokens"] > row["rows"] and row["tokens/s"] > 0
+    assert math.isfinite(row["loss"]) and math.isfinite(row["grad norm"]) and row["grad norm"] > 0
