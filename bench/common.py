@@ -190,6 +190,32 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
 
 
+class TimedCalls:
+    """Wraps ``obj.method`` to add up its wall time (seconds, CUDA synchronised) and calls.
+
+    Example: ``with TimedCalls(engine, "generate") as gen: ...; gen.seconds``.
+    """
+
+    def __init__(self, obj, method: str):
+        self.obj, self.method, self.seconds, self.calls = obj, method, 0.0, 0
+
+    def __enter__(self):
+        inner = getattr(self.obj, self.method)
+
+        def timed(*a, **kw):
+            with Timer() as t:
+                out = inner(*a, **kw)
+            self.seconds += t.seconds
+            self.calls += 1
+            return out
+
+        setattr(self.obj, self.method, timed)
+        return self
+
+    def __exit__(self, *exc):
+        delattr(self.obj, self.method)  # back to the class's method
+
+
 def report(title: str, columns: list[str], rows: list[list], s: Setup, config: dict, out: str | None,
            notes: list[str] = ()) -> dict:  # fmt: skip
     """Print a table with the device, config and command; write it as JSON to ``out``."""

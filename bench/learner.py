@@ -10,7 +10,8 @@ MFU = model FLOPs / (time x peak), model FLOPs per row of S tokens (P vision pat
 2020, 6N per token), causal attention scores and values (PaLM, arXiv 2204.02311, appendix B,
 halved for the causal mask), and the vision tower on its patches. Recomputation by gradient
 checkpointing is not counted (model FLOPs, not hardware FLOPs). Peak: H100/H200 bf16 dense
-989 TFLOP/s.
+989 TFLOP/s. The last columns time one micro-batch's phases (vision tower forward, whole
+forward, forward and backward) to show where the update's time goes.
 
     python bench/learner.py [--seconds 40 --group 8 --micro-rows 2] [--tiny]
 """
@@ -50,6 +51,31 @@ def model_flops(model, rows) -> float:
     return total
 
 
+def breakdown(learner, rows, micro_rows: int, pad_id: int) -> dict[str, float]:
+    """Seconds of one micro-batch's phases: the vision tower's forward, the whole forward
+    (vision, language model, log-probs), and forward plus backward (the parameters' gradients
+    are zeroed after)."""
+    from streamreason.rl.rows import collate
+
+    model = learner.model
+    batch = collate(rows[:micro_rows], pad_id)
+    out = {}
+    with torch.no_grad(), Timer() as t:
+        if "pixel_values_videos" in batch:
+            model.model.visual(batch["pixel_values_videos"].to(learner.device, model.dtype),
+                               grid_thw=batch["video_grid_thw"].to(learner.device))  # fmt: skip
+    out["vision forward s"] = t.seconds
+    with torch.no_grad(), Timer() as t:
+        learner._token_logprobs(model, batch)
+    out["forward s"] = t.seconds
+    with Timer() as t:
+        logp, _ = learner._token_logprobs(model, batch)
+        logp.sum().backward()
+    out["forward+backward s"] = t.seconds
+    model.zero_grad(set_to_none=True)
+    return out
+
+
 def main(argv=None):
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=int, default=40, help="video length of the rollout, seconds")
@@ -81,16 +107,17 @@ def main(argv=None):
         torch.cuda.reset_peak_memory_stats()
     with Timer() as t:
         metrics = learner.grpo_update(train)
+    phases = breakdown(learner, train, args.micro_rows, processor.tokenizer.pad_token_id)
     tokens = sum(len(r.input_ids) for r in train)
     flops = model_flops(model, train)
     table = [[len(train), tokens, float(np.mean([len(r.input_ids) for r in train])), t.seconds, tokens / t.seconds,
               flops / t.seconds / 1e12, 100 * flops / t.seconds / peak_flops(),
               torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
-              metrics["loss"], metrics["grad_norm"]]]  # fmt: skip
+              metrics["loss"], metrics["grad_norm"], *phases.values()]]  # fmt: skip
     return report(
         f"Learner: one GRPO update on turn rows (W={window}, B=1, G={args.group}, {args.seconds} s stream)",
         ["rows", "tokens", "mean row tokens", "update s", "tokens/s", "model TFLOP/s", "MFU %",
-         "peak GPU GiB (torch)", "loss", "grad norm"], table, s,
+         "peak GPU GiB (torch)", "loss", "grad norm", *(f"1 micro-batch: {k}" for k in phases)], table, s,
         {"micro_batch_rows": args.micro_rows, "gradient_checkpointing": optim.gradient_checkpointing,
          "dtype": optim.dtype, "size": s.size, "attention": model.config._attn_implementation},
         args.out,

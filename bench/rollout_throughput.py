@@ -2,8 +2,10 @@
 the transformers engine with W=20, on the same streams in one run.
 
 Reports video-seconds watched per second (over all G trajectories), generated tokens/s,
-turns/s, the mean context and the share of prompt tokens vLLM served from its prefix cache, and
-each configuration's ratio to the transformers engine.
+turns/s, the mean context and the share of prompt tokens vLLM served from its prefix cache,
+each configuration's ratio to the transformers engine, and where the wall time went: the
+model call (vLLM's ``LLM.generate``, HF ``generate``), the engine's preparation around it
+(prompt and frame conversion, checks) and the loop (env, memory, chat encoding).
 
     python bench/rollout_throughput.py [--rows 1 --seconds 60 --group 8] [--tiny]
 """
@@ -14,7 +16,7 @@ import gc
 
 import numpy as np
 import torch
-from common import Timer, parser, report, rollout_config, setup, stack, videos
+from common import TimedCalls, Timer, parser, report, rollout_config, setup, stack, videos
 
 from streamreason.envs.pool import EnvPool
 from streamreason.rollout.loop import run_rollouts
@@ -35,7 +37,9 @@ def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict) -
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         stack_cache[engine_name] = stack(s, engine_name, max_videos=n_chunks + 1)
     encoder, engine = stack_cache[engine_name]
-    with EnvPool(cfg.env, num_workers=2, in_process=s.tiny) as pool, Timer() as t:
+    inner = (engine.llm, "generate") if hasattr(engine, "llm") else (engine, "_generate")
+    with EnvPool(cfg.env, num_workers=2, in_process=s.tiny) as pool, TimedCalls(engine, "generate") as gen, \
+            TimedCalls(*inner) as model, Timer() as t:  # fmt: skip
         trajs, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg)
     assert not failures, failures
     turns = [x for tr in trajs for x in tr.turns]
@@ -47,6 +51,11 @@ def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict) -
         "turns_per_s": len(turns) / t.seconds,
         "context": float(np.mean([len(x.prompt_ids) for x in turns])),
         "cached": float(np.mean(cached)) if cached else float("nan"),
+        # where the wall time went: the model call itself (vLLM's LLM.generate / HF generate),
+        # the engine's own preparation around it, and the loop (env, memory, chat encoding)
+        "model_pct": 100 * model.seconds / t.seconds,
+        "engine_prep_pct": 100 * (gen.seconds - model.seconds) / t.seconds,
+        "loop_pct": 100 * (t.seconds - gen.seconds) / t.seconds,
     }
 
 
@@ -65,11 +74,12 @@ def main(argv=None):
     results = {name: measure(s, rows, eng, mem, args.group, cache) for name, eng, mem in configs}
     base = results[configs[0][0]]
     table = [[name, r["seconds"], r["video_s_per_s"], r["tokens_per_s"], r["turns_per_s"], r["context"],
-              100 * r["cached"], r["video_s_per_s"] / base["video_s_per_s"]] for name, r in results.items()]  # fmt: skip
+              100 * r["cached"], r["video_s_per_s"] / base["video_s_per_s"], r["model_pct"], r["engine_prep_pct"],
+              r["loop_pct"]] for name, r in results.items()]  # fmt: skip
     return report(
         f"Rollout throughput: {args.rows} stream(s) x {args.seconds} s x G={args.group}",
         ["engine, memory", "wall s", "video-s/s", "gen tokens/s", "turns/s", "mean context", "prefix-cached %",
-         "x transformers"], table, s,
+         "x transformers", "model call %", "engine prep %", "loop %"], table, s,
         {"rows": args.rows, "seconds": args.seconds, "group": args.group, "size": s.size, "eager": s.eager,
          "gpu_memory_utilization": s.gpu_memory_utilization},
         args.out,
