@@ -72,8 +72,9 @@ class Setup:
     eager: bool
 
 
-def setup(args) -> Setup:
-    """Build the model folder (tiny, or the reference shape) under ``--work``."""
+def setup(args, need_gpu: bool = True) -> Setup:
+    """Build the model folder (tiny, or the reference shape) under ``--work``; exits when the
+    reference run ``need_gpu`` and there is no CUDA device."""
     from streamreason.modeling import build_reference_config, build_tiny_model
 
     work = Path(args.work or tempfile.mkdtemp(prefix="streamreason-bench-"))
@@ -84,12 +85,12 @@ def setup(args) -> Setup:
             build_tiny_model(model_dir)
         device = "cpu"
     else:
-        if not torch.cuda.is_available():
+        if need_gpu and not torch.cuda.is_available():
             sys.exit("this benchmark needs a CUDA GPU; use --tiny for a CPU smoke run")
         model_dir = work / f"qwen2_5_vl_{args.size}"
         if not (model_dir / "config.json").exists():
             build_reference_config(model_dir, args.size)
-        device = "cuda"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return Setup(args.tiny, model_dir, device, work, args.size, args.gpu_memory_utilization, args.eager)
 
 

@@ -231,7 +231,6 @@ class LocalServer:
         """Returns verl's ``TokenOutput`` (token ids and their log-probs)."""
         from verl.workers.rollout.replica import TokenOutput
 
-        from streamreason.rollout.chat import concat_videos
         from streamreason.rollout.engine import SamplingConfig
 
         segments = [self.encoder.video(frames, fps=meta["fps"]) for frames, meta in (video_data or [])]
@@ -244,7 +243,7 @@ class LocalServer:
             temperature=sampling_params.get("temperature", 1.0), top_p=sampling_params.get("top_p", 1.0),
             top_k=max(0, sampling_params.get("top_k", 0)),
         )  # fmt: skip
-        request = GenerationRequest(prompt_ids, types, concat_videos(segments))
+        request = GenerationRequest(prompt_ids, types, segments)
         (gen,) = await asyncio.get_running_loop().run_in_executor(
             None, self.engine.generate, [request], sampling, sampling_params["max_tokens"]
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from streamreason.errors import ConfigError
-from streamreason.rollout.chat import find_subsequence
+from streamreason.rollout.chat import concat_videos, find_subsequence
 
 
 @dataclass
@@ -101,19 +101,24 @@ class GenerationRequest:
     Attributes:
         prompt_ids: token ids ``[P]``.
         mm_token_type_ids: modality per prompt token ``[P]`` (0 text, 1 image, 2 video).
-        mm_inputs: the prompt's multimodal tensors (``pixel_values_videos``,
-            ``video_grid_thw``, ...), videos concatenated in prompt order; {} for text only.
+        videos: the prompt's video segments (:class:`~streamreason.rollout.chat.VideoSegment`)
+            in prompt order: processed tensors and raw frames (for engines that run their own
+            processor).
         key: ``(row_id, group_index, chunk_index)`` of the turn (engines may ignore it; a
             scripted engine uses it to look up the turn's gold output).
-        videos: the prompt's video segments in order, raw frames included (for engines that
-            run their own processor).
     """
 
     prompt_ids: list[int]
     mm_token_type_ids: list[int]
-    mm_inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    key: tuple | None = None
     videos: list = field(default_factory=list, repr=False)
+    key: tuple | None = None
+
+    @property
+    def mm_inputs(self) -> dict[str, torch.Tensor]:
+        """The prompt's multimodal tensors (``pixel_values_videos``, ``video_grid_thw``, ...),
+        videos concatenated in prompt order; {} for text only. Built on each access (a copy of
+        every chunk's pixels): engines that batch requests concatenate all their videos once."""
+        return concat_videos(self.videos)
 
 
 @dataclass
@@ -290,9 +295,7 @@ class TransformersEngine(Engine):
             ids[row, width - n :] = torch.tensor(r.prompt_ids)
             types[row, width - n :] = torch.tensor(r.mm_token_type_ids)
             mask[row, width - n :] = 1
-        mm = {}
-        for key in {k for r in requests for k in r.mm_inputs}:
-            mm[key] = torch.cat([r.mm_inputs[key] for r in requests if key in r.mm_inputs]).to(device)
+        mm = {k: v.to(device) for k, v in concat_videos([v for r in requests for v in r.videos]).items()}
         greedy = sampling.temperature <= 0
         processors = (
             [_ThinkBudgetProcessor(think_budget, width)] if think_budget and think_budget.budget > 0 else []

@@ -214,8 +214,7 @@ class TrajectoryRecorder:
         prompt = self.memory.prompt()
         self._turn = (obs, prompt)
         key = (self.traj.row.id, self.traj.group_index, k)
-        return GenerationRequest(prompt.ids, prompt.mm_token_type_ids, concat_videos(prompt.videos), key,
-                                 videos=list(prompt.videos))  # fmt: skip
+        return GenerationRequest(prompt.ids, prompt.mm_token_type_ids, list(prompt.videos), key)
 
     def record(self, gen: Generation) -> TurnRecord:
         """Store the generated turn; returns its record (``record.text`` is the env action)."""

@@ -50,3 +50,11 @@ def test_learner_update_is_finite(tmp_path, monkeypatch):
     (row,) = _run("learner", tmp_path, monkeypatch)
     assert row["rows"] > 0 and row["tokens"] > row["rows"] and row["tokens/s"] > 0
     assert math.isfinite(row["loss"]) and math.isfinite(row["grad norm"]) and row["grad norm"] > 0
+
+
+def test_loop_overhead_lists_where_the_loop_spends_its_time(tmp_path, monkeypatch):
+    rows = _run("loop_overhead", tmp_path, monkeypatch)
+    assert (
+        rows[0]["function"] == "whole loop" and rows[0]["% of loop"] == 100.0 and rows[0]["ms per step"] > 0
+    )
+    assert len(rows) > 2 and all(0 < r["% of loop"] <= 100 for r in rows)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamreason.rollout.chat import ChatEncoder, concat_videos
+from streamreason.rollout.chat import ChatEncoder
 from streamreason.rollout.engine import GenerationRequest, SamplingConfig, ThinkBudget, TransformersEngine
 from streamreason.rollout.memory import MemoryConfig, VisualWindowMemory
 from streamreason.rollout.protocol import get_protocol
@@ -30,7 +30,7 @@ def _request(encoder, chunks=2, seed=0):
         mem.add_reply(encoder.text("<think>x</think><silent><|im_end|>\n"))
     mem.chunks[-1].reply = None
     p = mem.prompt()
-    return GenerationRequest(p.ids, p.mm_token_type_ids, concat_videos(p.videos))
+    return GenerationRequest(p.ids, p.mm_token_type_ids, list(p.videos))
 
 
 def test_rollout_logprobs_equal_a_forward_pass(stack):
