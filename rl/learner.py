@@ -146,11 +146,28 @@ class Learner:
 
     # -- forward ---------------------------------------------------------------------------
     def _token_logprobs(self, model, batch, entropy: bool = False):
-        """``(logprobs, entropy)`` of every target token ``[B, L-1]`` (entropy None unless asked)."""
+        """``(logprobs, entropy)`` of the target tokens ``[B, L-1]`` (entropy None unless asked).
+
+        Only positions that some row of the micro-batch trains on (loss mask > 0, or a decision
+        label) get logits, through the model's ``logits_to_keep``; the others are 0. A turn
+        row's loss covers its replies, about 1% of its tokens, and the ``[B, L, vocab]`` fp32
+        log-softmax over all positions was most of the learner's memory.
+        """
         inputs = {k: v.to(self.device) for k, v in batch.items() if k not in _TARGET_KEYS}
-        logits = model(**inputs, use_cache=False).logits[:, :-1].float() / self.temperature
-        logp = torch.log_softmax(logits, -1).gather(-1, batch["targets"].to(self.device)[..., None])[..., 0]
-        return logp, (entropy_from_logits(logits) if entropy else None)
+        need = (batch["loss_mask"] > 0).any(0) | (batch["decision"] >= 0).any(0)
+        pos = need.nonzero()[:, 0] if need.any() else torch.tensor([len(need) - 1])  # keep the graph
+        pos = pos.to(self.device)
+        logits = model(**inputs, use_cache=False, logits_to_keep=pos).logits.float() / self.temperature
+        picked = torch.log_softmax(logits, -1).gather(-1, batch["targets"].to(self.device)[:, pos, None])[
+            ..., 0
+        ]
+        logp = picked.new_zeros(len(picked), len(need))
+        logp[:, pos] = picked
+        ent = None
+        if entropy:
+            ent = logp.new_zeros(logp.shape)
+            ent[:, pos] = entropy_from_logits(logits)
+        return logp, ent
 
     def _micro_batches(self, rows: list[TrainRow]) -> list[tuple[list[TrainRow], bool]]:
         """``rows`` cut into micro-batches, padded to the same count on every rank.
