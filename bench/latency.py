@@ -4,7 +4,7 @@ for one stream and for several concurrent streams.
 One long stream is watched chunk by chunk with the vLLM engine; a chunk's latency is the wall
 time from the previous chunk's reply to this chunk's reply (decode the chunk, build the
 context, generate the turn), i.e. what a live viewer waits after each second of video. At each
-mark (e.g. 1, 5, 20, 60 minutes) the table gives the latency percentiles over the preceding
+mark (e.g. 1, 5, 20, 60 minutes; printed as it is reached) the table gives the latency percentiles over the preceding
 ``--window`` chunks, the device's GPU memory in use, the context length and its KV cache size.
 Text memory is capped (``--text-sink`` + ``--text-recent`` tokens, StreamingVLM's rule), so
 context and memory stay flat in video length.
@@ -32,27 +32,29 @@ def run(s, engine_pair, n_streams: int, seconds: int, marks: list[int], args) ->
     context: dict[int, int] = {}
     memory: dict[int, float] = {}
 
+    replies: dict[int, int] = {}
+    kv = kv_bytes_per_token(s.model_dir)
+    out: list[list] = []
+
     def on_turn(traj, rec):
         k = rec.chunk_index
         done_at[k] = time.perf_counter()
         context[k] = max(context.get(k, 0), len(rec.prompt_ids))
-        if (k + 1) in marks_chunks:
+        replies[k] = replies.get(k, 0) + 1
+        if (k + 1) in marks_chunks and replies[k] == n_streams:  # every stream has answered chunk k
             memory[k] = gpu_memory_gib()
+            lat = np.diff([start] + [done_at[j] for j in range(k + 1)]) * 1000
+            window = lat[max(0, k + 1 - args.window) :]
+            out.append([f"{n_streams} stream(s)", (k + 1) * cfg.env.chunk_seconds / 60,
+                        float(np.percentile(window, 50)), float(np.percentile(window, 95)), memory[k],
+                        context[k], n_streams * context[k] * kv / 2**30])  # fmt: skip
+            print("mark", out[-1], flush=True)  # progress of long runs (minutes per mark)
 
     marks_chunks = {int(m * 60 / cfg.env.chunk_seconds) for m in marks}
     with EnvPool(cfg.env, num_workers=min(n_streams, 4), in_process=s.tiny) as pool:
         start = time.perf_counter()
         _, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg, on_turn=on_turn)
     assert not failures, failures
-    ks = sorted(done_at)
-    lat = np.diff([start] + [done_at[k] for k in ks]) * 1000
-    kv = kv_bytes_per_token(s.model_dir)
-    out = []
-    for m in marks:
-        end = int(m * 60 / cfg.env.chunk_seconds)
-        window = lat[max(0, end - args.window) : end]
-        out.append([f"{n_streams} stream(s)", m, float(np.percentile(window, 50)), float(np.percentile(window, 95)),
-                    memory.get(end - 1, float("nan")), context[end - 1], n_streams * context[end - 1] * kv / 2**30])  # fmt: skip
     return out
 
 
