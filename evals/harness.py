@@ -91,8 +91,8 @@ def missed(row: StreamRow) -> list[Prediction]:
 def load_benchmark_rows(
     benchmark: str, anno: list[str], video_root: str | None
 ) -> tuple[list[StreamRow], dict]:
-    """Streams of a benchmark's annotation files, and conversion counts
-    (``{"entries", "errors": [str], "missing_videos": int}``).
+    """Streams of a benchmark's annotation files, and what the conversion found
+    (``{"entries": int, "errors": [str], "missing_videos": [row id]}``).
 
     StreamingBench files are told apart by their questions (proactive ones carry
     ``ground_truth_output``). For ``synthetic`` the files are row JSONL (``data synth``).
@@ -105,7 +105,7 @@ def load_benchmark_rows(
     if not anno:
         raise ConfigError(f"--benchmark {benchmark} needs --anno (the annotation file)")
     rows: list[StreamRow] = []
-    info = {"entries": 0, "errors": [], "missing_videos": 0}
+    info = {"entries": 0, "errors": [], "missing_videos": []}
     for path in anno:
         if not Path(path).is_file():
             raise ConfigError(f"annotation file {path!r} does not exist")
@@ -120,7 +120,7 @@ def load_benchmark_rows(
         rows += report.rows
         info["entries"] += report.entries
         info["errors"] += [str(e) for e in report.errors]
-        info["missing_videos"] += len(report.missing_videos)
+        info["missing_videos"] += [rid for rid, _ in report.missing_videos]
     return rows, info
 
 
@@ -280,9 +280,11 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
     rows = rows[:limit] if limit else rows
     if not rows:
         raise ConfigError(f"no {benchmark} streams to evaluate (check --anno, --tasks, --limit)")
-    if info["errors"] or info["missing_videos"]:
-        console.print(f"[yellow]{len(info['errors'])} annotation entries did not convert; "
-                      f"{info['missing_videos']} streams name a missing video (scored as unanswered)[/]")  # fmt: skip
+    missing = set(info["missing_videos"]) & {r.id for r in rows}
+    info["missing_videos"] = len(missing)
+    if info["errors"] or missing:
+        console.print(f"[yellow]{len(info['errors'])} annotation entries did not convert; {len(missing)} of the "
+                      f"{len(rows)} streams name a missing video (scored as unanswered)[/]")  # fmt: skip
     encoder, engine = stack or rollout_stack(cfg)[2:]
     preds: dict[str, list[Prediction]] = {}
     failures = []

@@ -99,6 +99,10 @@ def test_ovo_harness_writes_official_results_that_score_the_same(tiny_model_dir,
     assert tasks == {"backward": {"EPM": 50.0}, "realtime": {"OCR": 100.0},
                      "forward": {"REC": 100.0, "SSR": 100.0, "CRR": 100.0}}  # fmt: skip
     assert summary["rows"] == 8 and summary["failed"] == 1  # REC, SSR, CRR probes in one second split streams
+    assert (
+        summary["conversion"]["missing_videos"] == 1
+        and "1 of the 8 streams name a missing video" in harness_report
+    )
     (result,) = (tmp_path / "out" / "ovo" / "gold").iterdir()
     assert result.name == "gold_EPM_OCR_REC_SSR_CRR_offline_1.json"
     written = json.loads(result.read_text())
