@@ -2,8 +2,8 @@
 
 Rows come from a real rollout (vLLM engine, memory W=20, B=1: one row per turn, ThinkStream's
 settings), so they hold exactly the contexts the policy saw. The update is one optimizer step
-over all rows (``rl.mini_batches=1``) with token-budget micro-batches of ``--micro-rows`` rows,
-bf16, gradient checkpointing, AdamW.
+over all rows (``rl.mini_batches=1``) in micro-batches of ``--micro-rows`` rows (one update per
+value: padded pairs against single unpadded rows), bf16, gradient checkpointing, AdamW.
 
 MFU = model FLOPs / (time x peak), model FLOPs per row of S tokens (P vision patches) =
 6 N_lm S + 6 L d S^2 / 2 x 2 + 6 N_vit P: the dense matmuls forward and backward (Kaplan et al.
@@ -13,7 +13,7 @@ checkpointing is not counted (model FLOPs, not hardware FLOPs). Peak: H100/H200 
 989 TFLOP/s. The last columns time one micro-batch's phases (vision tower forward, whole
 forward, forward and backward) to show where the update's time goes.
 
-    python bench/learner.py [--seconds 40 --group 8 --micro-rows 2] [--tiny]
+    python bench/learner.py [--seconds 40 --group 8 --micro-rows 2 1] [--tiny]
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def main(argv=None):
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=int, default=40, help="video length of the rollout, seconds")
     p.add_argument("--group", type=int, default=8, help="G")
-    p.add_argument("--micro-rows", type=int, default=2, help="rows per forward/backward")
+    p.add_argument("--micro-rows", type=int, nargs="+", default=[2, 1],
+                   help="rows per forward/backward; one update per value (1: no padding)")  # fmt: skip
     args = p.parse_args(argv)
     s = setup(args)
     window = 20
@@ -101,24 +102,29 @@ def main(argv=None):
     dtype = torch.float32 if s.tiny else torch.bfloat16
     model, processor = (load_policy if s.tiny else random_policy)(s.model_dir, dtype=dtype, device=s.device)
     optim = OptimConfig(lr=1e-6, dtype="float32" if s.tiny else "bfloat16", gradient_checkpointing=not s.tiny)
-    grpo = GRPOConfig(mini_batches=1, micro_batch_rows=args.micro_rows)
-    learner = Learner(model, optim, grpo, total_steps=1, pad_id=processor.tokenizer.pad_token_id)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    with Timer() as t:
-        metrics = learner.grpo_update(train)
-    phases = breakdown(learner, train, args.micro_rows, processor.tokenizer.pad_token_id)
+    grpo = GRPOConfig(mini_batches=1, micro_batch_rows=args.micro_rows[0])
+    learner = Learner(
+        model, optim, grpo, total_steps=len(args.micro_rows), pad_id=processor.tokenizer.pad_token_id
+    )
     tokens = sum(len(r.input_ids) for r in train)
     flops = model_flops(model, train)
-    table = [[len(train), tokens, float(np.mean([len(r.input_ids) for r in train])), t.seconds, tokens / t.seconds,
-              flops / t.seconds / 1e12, 100 * flops / t.seconds / peak_flops(),
-              torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
-              metrics["loss"], metrics["grad_norm"], *phases.values()]]  # fmt: skip
+    table = []
+    for micro in args.micro_rows:  # one update per micro-batch size, same rows
+        learner.grpo.micro_batch_rows = micro
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        with Timer() as t:
+            metrics = learner.grpo_update(train)
+        phases = breakdown(learner, train, micro, processor.tokenizer.pad_token_id)
+        table.append([micro, len(train), tokens, float(np.mean([len(r.input_ids) for r in train])), t.seconds,
+                      tokens / t.seconds, flops / t.seconds / 1e12, 100 * flops / t.seconds / peak_flops(),
+                      torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
+                      metrics["loss"], metrics["grad_norm"], *phases.values()])  # fmt: skip
     return report(
         f"Learner: one GRPO update on turn rows (W={window}, B=1, G={args.group}, {args.seconds} s stream)",
-        ["rows", "tokens", "mean row tokens", "update s", "tokens/s", "model TFLOP/s", "MFU %",
+        ["micro-batch rows", "rows", "tokens", "mean row tokens", "update s", "tokens/s", "model TFLOP/s", "MFU %",
          "peak GPU GiB (torch)", "loss", "grad norm", *(f"1 micro-batch: {k}" for k in phases)], table, s,
-        {"micro_batch_rows": args.micro_rows, "gradient_checkpointing": optim.gradient_checkpointing,
+        {"gradient_checkpointing": optim.gradient_checkpointing,
          "dtype": optim.dtype, "size": s.size, "attention": model.config._attn_implementation},
         args.out,
     )  # fmt: skip

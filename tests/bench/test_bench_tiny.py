@@ -46,10 +46,13 @@ def test_prefix_reuse_grows_with_the_eviction_block(tmp_path, monkeypatch):
                for r in rows)  # fmt: skip
 
 
-def test_learner_update_is_finite(tmp_path, monkeypatch):
-    (row,) = _run("learner", tmp_path, monkeypatch)
-    assert row["rows"] > 0 and row["tokens"] > row["rows"] and row["tokens/s"] > 0
-    assert math.isfinite(row["loss"]) and math.isfinite(row["grad norm"]) and row["grad norm"] > 0
+def test_learner_updates_are_finite_for_each_micro_batch_size(tmp_path, monkeypatch):
+    rows = _run("learner", tmp_path, monkeypatch)
+    assert [r["micro-batch rows"] for r in rows] == [2, 1]
+    for row in rows:
+        assert row["rows"] > 0 and row["tokens"] > row["rows"] and row["tokens/s"] > 0
+        assert math.isfinite(row["loss"]) and math.isfinite(row["grad norm"]) and row["grad norm"] > 0
+        assert 0 < row["1 micro-batch: forward s"] < row["1 micro-batch: forward+backward s"]
 
 
 def test_loop_overhead_lists_where_the_loop_spends_its_time(tmp_path, monkeypatch):
