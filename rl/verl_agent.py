@@ -28,6 +28,8 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import Future
 from functools import cache
 from typing import Any
 from uuid import uuid4
@@ -39,7 +41,7 @@ from streamreason.errors import StreamReasonError
 from streamreason.rewards.composite import RewardResult
 from streamreason.rl.rows import TrainRow, build_rows
 from streamreason.rollout.engine import BudgetCut, Generation, GenerationRequest, finish_turn
-from streamreason.rollout.loop import Trajectory, TrajectoryRecorder, think_budget
+from streamreason.rollout.loop import Trajectory, TrajectoryRecorder, encode_chunk, think_budget
 from streamreason.rollout.vllm_engine import check_video_timing, vllm_videos
 from streamreason.types import StreamRow
 
@@ -59,16 +61,53 @@ def _locked(fn, *args):
         return fn(*args)
 
 
+class ChunkEncodings:
+    """The user turns (:func:`~streamreason.rollout.loop.encode_chunk`) of the chunks a worker's
+    trajectories watch, shared: a row's G trajectories see the same chunks, so the processor
+    encodes each chunk once per worker, not once per trajectory (as the lockstep loop does).
+
+    Keyed by (row id, video, stream end, chunk); the ``size`` most recently used are kept.
+    Thread-safe (trajectories call it from executor threads); concurrent requests for one chunk
+    wait for the first one's encoding.
+    """
+
+    def __init__(self, size: int = 128):
+        self.size, self._lock, self._items = size, threading.Lock(), OrderedDict()
+
+    def get(self, encoder, row: StreamRow, obs: dict):
+        """``(head_ids, video, tail_ids)`` of ``obs``; the first trajectory to ask encodes, the
+        others (concurrent ones included) wait for it."""
+        key = (row.id, row.video_path, row.end_s, obs["chunk_index"])
+        with self._lock:
+            item = self._items.get(key)
+            owner = item is None
+            if owner:
+                item = self._items[key] = Future()
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            else:
+                self._items.move_to_end(key)
+        if owner:
+            try:
+                item.set_result(encode_chunk(encoder, obs))
+            except BaseException as e:
+                item.set_exception(e)
+                with self._lock:
+                    self._items.pop(key, None)
+        return item.result()
+
+
 @cache
 def _stack(path: str):
-    """Per worker process: the recipe, its composite reward and one frame store shared by all
-    trajectories (a row's G copies on one worker decode its video once)."""
+    """Per worker process: the recipe, its composite reward, one frame store and one set of
+    chunk encodings shared by all trajectories (a row's G copies on one worker decode and
+    encode its video once)."""
     from streamreason.config import load_config
     from streamreason.envs.stream import FrameStore
     from streamreason.rewards.composite import CompositeReward
 
     cfg = load_config(path)
-    return cfg, CompositeReward(cfg.rewards), FrameStore(cfg.rollout.env)
+    return cfg, CompositeReward(cfg.rewards), FrameStore(cfg.rollout.env), ChunkEncodings()
 
 
 def row_output(row: TrainRow, prompt_len: int, num_turns: int, metrics: AgentLoopMetrics) -> AgentLoopOutput:
@@ -129,7 +168,7 @@ class StreamAgentLoop(AgentLoopBase):
         from streamreason.rollout.chat import ChatEncoder
         from streamreason.rollout.protocol import get_protocol
 
-        self.recipe_cfg, self.reward, self.store = _stack(recipe)
+        self.recipe_cfg, self.reward, self.store, self.chunks = _stack(recipe)
         self.encoder = ChatEncoder(self.processor, get_protocol(self.recipe_cfg.rollout.protocol.name))
         vocab = self.tokenizer.get_vocab()
         self.end_ids = [vocab["<|im_end|>"]]
@@ -182,7 +221,9 @@ class StreamAgentLoop(AgentLoopBase):
                 think_budget(self.encoder, cfg.rollout),
             )
             while True:
-                request = await loop.run_in_executor(None, recorder.request, obs)
+                request = await loop.run_in_executor(
+                    None, lambda o=obs: recorder.request(o, self.chunks.get(self.encoder, row, o))
+                )
                 t1 = time.perf_counter()
                 gen = await self._generate(request, sampling_params, budget, steps)
                 gen_s += time.perf_counter() - t1

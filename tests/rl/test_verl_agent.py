@@ -143,8 +143,17 @@ def test_dry_run_writes_the_verl_run_directory(run, tiny_model_dir, tmp_path):
     )
 
 
-def test_concurrent_trajectories_share_one_worker(run, tiny_policy):
-    """verl runs a row's G trajectories as coroutines of one worker: they share its frame store."""
+def test_concurrent_trajectories_share_one_worker(run, tiny_policy, monkeypatch):
+    """verl runs a row's G trajectories as coroutines of one worker: they share its frame store
+    and its chunk encodings (each chunk encoded once, not once per trajectory)."""
+    import streamreason.rl.verl_agent as agent
+
+    encoded = []
+    real = agent.encode_chunk
+    monkeypatch.setattr(
+        agent, "encode_chunk", lambda enc, obs: encoded.append(obs["chunk_index"]) or real(enc, obs)
+    )
+    agent._stack.cache_clear()  # a fresh worker: earlier tests' encodings are not cached
     cfg, config, run_dir = run
     loop, _, _ = _agent_loop(cfg, config, run_dir, tiny_policy)
     extra = dict(pd.read_parquet(run_dir / "train.parquet").iloc[1]["extra_info"])
@@ -157,3 +166,4 @@ def test_concurrent_trajectories_share_one_worker(run, tiny_policy):
     outputs = asyncio.run(group())
     assert all(len(o) == 2 for o in outputs)
     assert len({tuple(o[0].prompt_ids) for o in outputs}) == 1  # same row, same first context
+    assert sorted(encoded) == list(range(5))  # a 5 s stream: 5 chunks, each encoded once for 4 trajectories
