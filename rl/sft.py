@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamreason.envs.stream import ChunkPlan, EnvConfig
+from streamreason.envs.video import probe_video
 from streamreason.rl.rows import TrainRow, build_rows
 from streamreason.rollout.chat import ChatEncoder, find_subsequence
 from streamreason.rollout.engine import Engine, Generation
@@ -46,14 +48,24 @@ class SFTConfig:
     focal_gamma: float = 0.0
 
 
-def gold_turn(encoder: ChatEncoder, row: StreamRow, chunk_index: int, chunk_seconds: float) -> str:
-    """The gold text of ``row``'s turn at ``chunk_index``: its think trace, then the answer of
-    the first query whose answer becomes correct in this chunk, else ``<silent>``."""
-    start, end = chunk_index * chunk_seconds, (chunk_index + 1) * chunk_seconds
-    think = "; ".join(t.think for t in row.thoughts if start <= t.time_s < end)
+def gold_turn(encoder: ChatEncoder, row: StreamRow, chunk_index: int, chunk_seconds: float,
+              last_chunk: int | None = None) -> str:  # fmt: skip
+    """The gold text of ``row``'s turn at ``chunk_index``: its think traces, then the answer of
+    the first query whose answer becomes correct in this chunk, else ``<silent>``.
+
+    Times at or past the stream's end (``last_chunk``, when given) belong to the last chunk,
+    as the env shows queries there (ThinkStream's SFT data: the last chunk takes all remaining
+    thoughts and answers).
+    """
+
+    def chunk_of(t: float) -> int:
+        k = math.floor(t / chunk_seconds + 1e-9)
+        return k if last_chunk is None else min(k, last_chunk)
+
+    think = "; ".join(t.think for t in row.thoughts if chunk_of(t.time_s) == chunk_index)
     for q in sorted(row.queries, key=lambda q: q.time_s):
         at = q.time_s if q.answer_time_s is None else q.answer_time_s
-        if q.answer is not None and math.floor(at / chunk_seconds + 1e-9) == chunk_index:
+        if q.answer is not None and chunk_of(at) == chunk_index:
             return encoder.protocol.render(think, "response", q.answer)
     return encoder.protocol.render(think, "silent")
 
@@ -64,18 +76,28 @@ class ScriptedEngine(Engine):
     Args:
         encoder: the model's chat encoder.
         rows: the rows being rolled out, by id.
-        chunk_seconds: the env's chunk length (the gold schedule is in chunks).
+        env: the env's config (the gold schedule is in its chunks; each row's last chunk comes
+            from its video's length and ``end_s``).
     """
 
-    def __init__(self, encoder: ChatEncoder, rows: list[StreamRow], chunk_seconds: float):
-        self.encoder, self.chunk_seconds = encoder, chunk_seconds
+    def __init__(self, encoder: ChatEncoder, rows: list[StreamRow], env: EnvConfig):
+        self.encoder, self.env = encoder, env
         self.rows = {r.id: r for r in rows}
+        self._last: dict[str, int] = {}
+
+    def _last_chunk(self, row: StreamRow) -> int:
+        if row.id not in self._last:
+            plan = ChunkPlan.for_video(self.env, probe_video(row.video_path), row.end_s)
+            self._last[row.id] = plan.n_chunks - 1
+        return self._last[row.id]
 
     def generate(self, requests, sampling, max_new_tokens, think_budget=None):
         out = []
         for req in requests:
             row_id, _, k = req.key
-            ids = self.encoder.text(gold_turn(self.encoder, self.rows[row_id], k, self.chunk_seconds))
+            row = self.rows[row_id]
+            text = gold_turn(self.encoder, row, k, self.env.chunk_seconds, self._last_chunk(row))
+            ids = self.encoder.text(text)
             ids.append(self.encoder.end_of_turn_id)
             out.append(Generation(ids, [0.0] * len(ids), [False] * len(ids), "stop"))
         return out
@@ -110,7 +132,7 @@ def sft_rows(
     Chunk length must not be adaptive per video (``cfg.env.adaptive_chunks`` False): the gold
     schedule is cut at ``cfg.env.chunk_seconds``.
     """
-    engine = ScriptedEngine(encoder, rows, cfg.env.chunk_seconds)
+    engine = ScriptedEngine(encoder, rows, cfg.env)
     trajs, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg, group_size=1)
     train = build_rows(trajs)
     for r in train:

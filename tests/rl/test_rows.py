@@ -15,7 +15,7 @@ from streamreason.rollout.engine import SamplingConfig, TransformersEngine
 from streamreason.rollout.loop import RolloutConfig, run_rollouts
 from streamreason.rollout.memory import MemoryConfig
 from streamreason.rollout.protocol import ProtocolConfig, get_protocol
-from streamreason.types import read_rows
+from streamreason.types import Query, StreamRow, Thought, read_rows
 
 ENV = EnvConfig(min_pixels=56 * 56, max_pixels=112 * 112, max_chunks=8)
 
@@ -66,6 +66,19 @@ def test_gold_trajectories_for_sft(setup):
     gt_chunk = int(q.answer_time_s // 1.0)
     assert gold_turn(encoder, row, gt_chunk, 1.0).endswith(f"<response>{q.answer}")
     assert gold_turn(encoder, row, gt_chunk + 1, 1.0).endswith("<silent>")
+    # an answer (and a thought) at the stream's end belong to its last chunk, where the env shows them
+    at_end = StreamRow(
+        "end", row.video_path, [Query("Is it over?", 6.0, "yes", 8.0)], [Thought(8.0, "the end")]
+    )
+    assert gold_turn(encoder, at_end, 7, 1.0) == encoder.protocol.render("", "silent")
+    assert gold_turn(encoder, at_end, 7, 1.0, last_chunk=7) == encoder.protocol.render(
+        "the end", "response", "yes"
+    )
+    end = float(row.meta["duration_s"])
+    with EnvPool(ENV, in_process=True) as pool:
+        (last,), _ = sft_rows([StreamRow("end", row.video_path, [Query("Is it over?", 1.0, "yes", end)])], pool=pool,
+                              encoder=encoder, cfg=RolloutConfig(env=ENV, memory=MemoryConfig(keep_all_video=True)))  # fmt: skip
+    assert (last.decision[last.decision >= 0] == 1).sum() == 1  # the answer at the very end is taught
     cfg = RolloutConfig(env=ENV)
     with EnvPool(ENV, in_process=True) as pool:
         train, failures = sft_rows(rows, pool=pool, encoder=encoder, cfg=cfg)
