@@ -49,6 +49,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--eager", action="store_true", help="vLLM without CUDA graphs (faster start, slower decode)"
     )
+    p.add_argument("--skip-mm-profiling", action="store_true", help="vLLM profiles the language model only")
     return p
 
 
@@ -70,6 +71,7 @@ class Setup:
     size: str
     gpu_memory_utilization: float
     eager: bool
+    skip_mm_profiling: bool = False
 
 
 def setup(args, need_gpu: bool = True) -> Setup:
@@ -91,7 +93,8 @@ def setup(args, need_gpu: bool = True) -> Setup:
         if not (model_dir / "config.json").exists():
             build_reference_config(model_dir, args.size)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Setup(args.tiny, model_dir, device, work, args.size, args.gpu_memory_utilization, args.eager)
+    return Setup(args.tiny, model_dir, device, work, args.size, args.gpu_memory_utilization, args.eager,
+                 args.skip_mm_profiling)  # fmt: skip
 
 
 def env_config(s: Setup) -> EnvConfig:
@@ -137,7 +140,8 @@ def stack(s: Setup, engine: str, max_videos: int, seed: int = 0):
         processor = AutoProcessor.from_pretrained(s.model_dir)
         eng = make_engine("vllm", model_dir=str(s.model_dir), tokenizer=processor.tokenizer, max_videos=max_videos,
                           dtype="bfloat16", load_format="dummy", gpu_memory_utilization=s.gpu_memory_utilization,
-                          enforce_eager=s.eager, max_model_len=32768, seed=seed)  # fmt: skip
+                          enforce_eager=s.eager, max_model_len=32768, seed=seed,
+                          skip_mm_profiling=s.skip_mm_profiling)  # fmt: skip
     else:
         load = load_policy if s.tiny else random_policy
         model, processor = load(s.model_dir, dtype=dtype, device=s.device)

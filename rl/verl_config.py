@@ -248,6 +248,8 @@ def compose_verl_config(
     with open_dict(composed):
         composed.actor_rollout_ref.model.override_config.attn_implementation = attn
         composed.actor_rollout_ref.model.use_remove_padding = attn == "flash_attention_2"
+        if cfg.engine.skip_mm_profiling:  # a vLLM engine argument verl has no key for
+            composed.actor_rollout_ref.rollout.engine_kwargs.vllm.skip_mm_profiling = True
     extra = OmegaConf.to_container(OmegaConf.create(cfg.verl)) if cfg.verl else {}
     if extra:
         _check_passthrough(extra, composed, composed, "")

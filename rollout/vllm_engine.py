@@ -105,6 +105,9 @@ class VLLMEngine(Engine):
         tensor_parallel_size: GPUs per engine.
         seed: sampler seed.
         load_format: ``auto``, or ``dummy`` for random weights of the checkpoint's shape.
+        skip_mm_profiling: profile memory with the language model only (vLLM's
+            ``skip_mm_profiling``): a faster start; the vision encoder's activations must fit
+            outside ``gpu_memory_utilization``.
 
     Raises:
         ConfigError: vLLM is not installed, or no CUDA device.
@@ -114,7 +117,7 @@ class VLLMEngine(Engine):
         self, model_dir: str, tokenizer, *, max_videos: int = 32, dtype: str = "bfloat16",
         gpu_memory_utilization: float = 0.5, max_model_len: int = 0, enforce_eager: bool = False,
         enable_prefix_caching: bool = True, tensor_parallel_size: int = 1, seed: int = 0,
-        load_format: str = "auto",
+        load_format: str = "auto", skip_mm_profiling: bool = False,
     ):  # fmt: skip
         if not torch.cuda.is_available():
             raise ConfigError("engine.name=vllm needs a CUDA GPU; use engine.name=transformers on CPU")
@@ -131,6 +134,7 @@ class VLLMEngine(Engine):
             enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
             tensor_parallel_size=tensor_parallel_size, seed=seed, load_format=load_format,
             limit_mm_per_prompt={"video": max_videos, "image": 0}, logprobs_mode="raw_logprobs",
+            skip_mm_profiling=skip_mm_profiling,
             **kwargs,
         )  # fmt: skip
         vocab = tokenizer.get_vocab()

@@ -97,6 +97,7 @@ def rollout_stack(cfg, seed: int | None = None, dtype: str | None = None, need_m
             "vllm", model_dir=cfg.model, tokenizer=processor.tokenizer, max_videos=max_videos(cfg),
             dtype=ec.dtype, gpu_memory_utilization=ec.gpu_memory_utilization, max_model_len=ec.max_model_len,
             enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
+            skip_mm_profiling=ec.skip_mm_profiling,
             tensor_parallel_size=ec.tensor_parallel_size, seed=seed,
         )  # fmt: skip
     else:

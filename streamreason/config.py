@@ -40,6 +40,9 @@ class EngineConfig:
         max_model_len: vLLM context length in tokens (0: the model's own).
         enforce_eager: skip CUDA-graph capture (fast start, slower decode).
         enable_prefix_caching: reuse the KV of shared prompt prefixes across turns.
+        skip_mm_profiling: vLLM profiles memory with the language model only, not the vision
+            encoder on maximum-size videos (start-up minutes shorter; leave GPU memory outside
+            ``gpu_memory_utilization`` for the encoder's activations).
     """
 
     name: str = "transformers"
@@ -52,6 +55,7 @@ class EngineConfig:
     max_model_len: int = 0
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
+    skip_mm_profiling: bool = False
 
 
 @dataclass

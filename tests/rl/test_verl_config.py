@@ -128,3 +128,12 @@ def test_tiny_recipe_composes():
         list(conf.trainer.logger) == ["console", "file", "tensorboard", "wandb"]
         and conf.trainer.project_name == "demo"
     )
+
+
+def test_skip_mm_profiling_reaches_verls_vllm_engine_kwargs():
+    assert (
+        "skip_mm_profiling"
+        not in compose_verl_config(tiny(), **PATHS).actor_rollout_ref.rollout.engine_kwargs.vllm
+    )
+    conf = compose_verl_config(tiny("engine.skip_mm_profiling=true"), **PATHS)
+    assert conf.actor_rollout_ref.rollout.engine_kwargs.vllm.skip_mm_profiling is True
