@@ -17,7 +17,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -250,7 +250,3 @@ def _fmt(x) -> str:
     if isinstance(x, float):
         return f"{x:.3g}" if abs(x) < 10 else f"{x:,.1f}"
     return str(x)
-
-
-def config_dict(cfg: RolloutConfig) -> dict:
-    return asdict(cfg)

@@ -45,6 +45,20 @@ def video_under(root: Path, path: str) -> str:
     return str(p if p.is_absolute() else (root / p).resolve())
 
 
+def read_json(path: str | Path) -> Any:
+    """A whole JSON file (a benchmark's annotations or result file).
+
+    Raises:
+        FileNotFoundError: no such file.
+        RowError: not valid JSON, naming the file and the line.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RowError(path.name, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):

@@ -125,9 +125,7 @@ def load_benchmark_rows(
 
 
 def _streamingbench_format(path: str) -> str:
-    data = streamingbench.load_questions(path)
-    proactive = any("ground_truth_output" in q for e in data[:5] if isinstance(e, dict)
-                    for q in e.get("questions", []) if isinstance(q, dict))  # fmt: skip
+    proactive = streamingbench.is_proactive(streamingbench.load_questions(path))
     return "streamingbench-proactive" if proactive else "streamingbench-real"
 
 
@@ -175,8 +173,8 @@ def write_official(benchmark: str, anno: list[str], rows: list[StreamRow], preds
         by_key = {(r.id.split("-")[1], r.meta["entry"], r.meta["question"]): r for r in rows}
         written = []
         for src in anno:
-            kind = "proactive" if _streamingbench_format(src).endswith("proactive") else "real"
             data = streamingbench.load_questions(src)
+            kind = "proactive" if streamingbench.is_proactive(data) else "real"
             for e, entry in enumerate(data):
                 for q, question in enumerate(entry["questions"]):
                     row = by_key.get((kind, e, q))

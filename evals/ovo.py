@@ -26,7 +26,6 @@ probe, stopping at its last probe. Probes that fall in the same second go to sep
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamreason.envs.convert import read_json
 from streamreason.errors import RowError
 from streamreason.types import Query, StreamRow
 
@@ -118,13 +118,9 @@ def load_annotations(path: str | Path) -> list[dict]:
     Raises:
         RowError: the file is not JSON or not a list of objects.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RowError(path.name, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, list):
-        raise RowError(path.name, "expected a JSON list of OVO-Bench annotations")
+        raise RowError(Path(path).name, "expected a JSON list of OVO-Bench annotations")
     return data
 
 
@@ -255,10 +251,7 @@ def load_results(results_dir: str | Path) -> dict[str, list]:
         raise FileNotFoundError(f"{d}: no OVO-Bench result files (*.json) there")
     out: dict[str, list] = {"backward": [], "realtime": [], "forward": []}
     for f in files:
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RowError(f.name, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+        data = read_json(f)
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in out):
             raise RowError(
                 f.name, "an OVO-Bench result file holds the lists 'backward', 'realtime', 'forward'"

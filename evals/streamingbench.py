@@ -26,12 +26,12 @@ response's chunk (the video seen so far), as the official ``current_time``. Stre
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamreason.envs.convert import read_json
 from streamreason.errors import RowError
 from streamreason.types import Query, StreamRow
 
@@ -82,13 +82,9 @@ def load_questions(path: str | Path) -> list[dict]:
     Raises:
         RowError: not JSON, or not a list of entries with ``video_path`` and ``questions``.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RowError(path.name, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, list):
-        raise RowError(path.name, "expected a JSON list of StreamingBench entries")
+        raise RowError(Path(path).name, "expected a JSON list of StreamingBench entries")
     return data
 
 
@@ -103,50 +99,42 @@ def _entries(path: Path) -> Iterator[tuple[int, str, dict | RowError]]:
             yield e, where, entry
 
 
-def real_rows(entry: dict, e: int, where: str) -> list[StreamRow]:
-    """One row per real-time question of entry ``e`` (``sb-real-<e>-<q>``).
+def real_row(question: Any, e: int, q: int, video: str, at: str) -> StreamRow:
+    """Row ``sb-real-<e>-<q>``: the real-time question asked, and the stream cut, at its time stamp.
 
     Raises:
-        RowError: a question is malformed (names it and the field).
+        RowError: the question is malformed (names ``at`` and the field).
     """
-    rows = []
-    for q, question in enumerate(entry["questions"]):
-        at = f"{where}.questions[{q}]"
-        if not isinstance(question, dict) or not all(
-            isinstance(question.get(k), str) for k in ("question", "answer")
-        ):
-            raise RowError(at, "needs 'question' and 'answer' (strings)")
-        if not isinstance(question.get("options"), list) or len(question["options"]) < 4:
-            raise RowError(at, "needs 'options', a list of 4")
-        t = parse_timestamp(question.get("time_stamp"), at)
-        meta = {"benchmark": "streamingbench", "entry": e, "question": q}
-        query = Query(build_prompt(question), float(t), question["answer"], float(t))
-        rows.append(StreamRow(f"sb-real-{e}-{q}", entry["video_path"], [query], task=question.get("task_type"),
-                              meta=meta, end_s=max(t, 1)))  # fmt: skip
-    return rows
+    if not isinstance(question, dict) or not all(
+        isinstance(question.get(k), str) for k in ("question", "answer")
+    ):
+        raise RowError(at, "needs 'question' and 'answer' (strings)")
+    if not isinstance(question.get("options"), list) or len(question["options"]) < 4:
+        raise RowError(at, "needs 'options', a list of 4")
+    t = parse_timestamp(question.get("time_stamp"), at)
+    meta = {"benchmark": "streamingbench", "entry": e, "question": q}
+    query = Query(build_prompt(question), float(t), question["answer"], float(t))
+    return StreamRow(
+        f"sb-real-{e}-{q}", video, [query], task=question.get("task_type"), meta=meta, end_s=max(t, 1)
+    )
 
 
-def proactive_rows(entry: dict, e: int, where: str) -> list[StreamRow]:
-    """One row per proactive question of entry ``e`` (``sb-proactive-<e>-<q>``).
+def proactive_row(question: Any, e: int, q: int, video: str, at: str) -> StreamRow:
+    """Row ``sb-proactive-<e>-<q>``: asked at its time stamp, played to ground truth + 4 s.
 
     Raises:
-        RowError: a question is malformed (names it and the field).
+        RowError: the question is malformed (names ``at`` and the field).
     """
-    rows = []
-    for q, question in enumerate(entry["questions"]):
-        at = f"{where}.questions[{q}]"
-        if not isinstance(question, dict) or not all(
-            isinstance(question.get(k), str) for k in ("question", "ground_truth_output")
-        ):
-            raise RowError(at, "needs 'question' and 'ground_truth_output' (strings)")
-        t = parse_timestamp(question.get("time_stamp"), at)
-        gt = parse_timestamp(question.get("ground_truth_time_stamp"), at)
-        meta = {"benchmark": "streamingbench", "entry": e, "question": q}
-        query = Query(question["question"], float(t), question["ground_truth_output"], float(gt))
-        rows.append(StreamRow(f"sb-proactive-{e}-{q}", entry["video_path"], [query],
-                              task=question.get("task_type", "Proactive Output"), meta=meta,
-                              end_s=gt + PROACTIVE_GRACE_S))  # fmt: skip
-    return rows
+    if not isinstance(question, dict) or not all(
+        isinstance(question.get(k), str) for k in ("question", "ground_truth_output")
+    ):
+        raise RowError(at, "needs 'question' and 'ground_truth_output' (strings)")
+    t = parse_timestamp(question.get("time_stamp"), at)
+    gt = parse_timestamp(question.get("ground_truth_time_stamp"), at)
+    meta = {"benchmark": "streamingbench", "entry": e, "question": q}
+    query = Query(question["question"], float(t), question["ground_truth_output"], float(gt))
+    return StreamRow(f"sb-proactive-{e}-{q}", video, [query], task=question.get("task_type", "Proactive Output"),
+                     meta=meta, end_s=gt + PROACTIVE_GRACE_S)  # fmt: skip
 
 
 def _read(path: Path, build) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
@@ -155,19 +143,26 @@ def _read(path: Path, build) -> Iterator[tuple[str, list[StreamRow] | RowError]]
             yield where, entry
             continue
         try:
-            yield where, build(entry, e, where)
+            yield where, [build(question, e, q, entry["video_path"], f"{where}.questions[{q}]")
+                          for q, question in enumerate(entry["questions"])]  # fmt: skip
         except RowError as err:
             yield where, err
 
 
 def read_real(path: Path):
     """Converter entry point (``data convert --from streamingbench-real``)."""
-    return _read(path, real_rows)
+    return _read(path, real_row)
 
 
 def read_proactive(path: Path):
     """Converter entry point (``data convert --from streamingbench-proactive``)."""
-    return _read(path, proactive_rows)
+    return _read(path, proactive_row)
+
+
+def is_proactive(data: list) -> bool:
+    """Whether loaded questions are proactive ones (they carry ``ground_truth_output``)."""
+    return any("ground_truth_output" in q for e in data[:5] if isinstance(e, dict)
+               for q in e.get("questions", []) if isinstance(q, dict))  # fmt: skip
 
 
 def proactive_record(polls: list[tuple[float, str]], answered_at: float | None) -> dict:
