@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from streamreason.envs.stream import EnvConfig
-from streamreason.rollout.engine import SamplingConfig
+from streamreason.rollout.engine import Engine, Generation, SamplingConfig
 from streamreason.rollout.loop import RolloutConfig
 from streamreason.rollout.memory import MemoryConfig
 from streamreason.rollout.protocol import ProtocolConfig
@@ -149,6 +149,34 @@ def stack(s: Setup, engine: str, max_videos: int, seed: int = 0):
             "transformers", model=model, tokenizer=processor.tokenizer, max_batch_size=64, seed=seed
         )
     return ChatEncoder(processor, get_protocol("watch_think_speak")), eng
+
+
+class InstantEngine(Engine):
+    """Answers every request at once with the same silent turn of exactly ``new_tokens`` tokens
+    (``<think>`` filler ``</think><silent><|im_end|>``, log-probs 0): the loop's own cost, or
+    turn rows of the shape a fixed-length rollout gives, without a model."""
+
+    def __init__(self, encoder, new_tokens: int = 30):
+        head, tail = encoder.text("<think>"), [*encoder.text("</think><silent>"), encoder.end_of_turn_id]
+        filler = encoder.text(" the scene goes on")
+        body = (filler * new_tokens)[: max(new_tokens - len(head) - len(tail), 0)]
+        self.ids = [*head, *body, *tail]
+
+    def generate(self, requests, sampling, max_new_tokens, think_budget=None):
+        n = len(self.ids)
+        return [Generation(list(self.ids), [0.0] * n, [False] * n, "stop") for _ in requests]
+
+
+def top_functions(profile, n: int, match: tuple[str, ...] = ()) -> list[tuple[float, str]]:
+    """The ``n`` functions of a ``cProfile.Profile`` with the most cumulative seconds, as
+    ``(seconds, "name (file:line)")``, best first; only files whose path holds one of ``match``
+    (all when empty)."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats
+    rows = sorted(((v[3], f"{k[2]} ({k[0].rsplit('/', 1)[-1]}:{k[1]})") for k, v in stats.items()
+                   if not match or any(m in k[0] for m in match)), reverse=True)  # fmt: skip
+    return rows[:n]
 
 
 def device_line() -> str:

@@ -11,27 +11,14 @@ table lists the functions that take the most time (cProfile, cumulative).
 from __future__ import annotations
 
 import cProfile
-import pstats
 
-from common import Timer, parser, report, rollout_config, setup, videos
+from common import InstantEngine, Timer, parser, report, rollout_config, setup, top_functions, videos
 from transformers import AutoProcessor
 
 from streamreason.envs.pool import EnvPool
 from streamreason.rollout.chat import ChatEncoder
-from streamreason.rollout.engine import Engine, Generation
 from streamreason.rollout.loop import run_rollouts
 from streamreason.rollout.protocol import get_protocol
-
-
-class InstantEngine(Engine):
-    """Replies ``<think>...</think><silent>`` at once, for every request."""
-
-    def __init__(self, encoder: ChatEncoder):
-        self.ids = [*encoder.text("<think>nothing new</think><silent>"), encoder.end_of_turn_id]
-
-    def generate(self, requests, sampling, max_new_tokens, think_budget=None):
-        n = len(self.ids)
-        return [Generation(list(self.ids), [0.0] * n, [False] * n, "stop") for _ in requests]
 
 
 def main(argv=None):
@@ -55,9 +42,7 @@ def main(argv=None):
         profile.disable()
     assert not failures, failures
     steps = len(trajs[0].turns)
-    stats = pstats.Stats(profile).stats
-    top = sorted(((v[3], f"{k[2]} ({k[0].rsplit('/', 1)[-1]}:{k[1]})") for k, v in stats.items()
-                  if "streamreason" in k[0] or "/rollout/" in k[0] or "/envs/" in k[0]), reverse=True)  # fmt: skip
+    top = top_functions(profile, args.top + 1, ("streamreason", "/rollout/", "/envs/"))
     table = [["whole loop", 1000 * t.seconds / steps, 100.0]]
     table += [[name, 1000 * sec / steps, 100 * sec / t.seconds] for sec, name in top[1 : args.top + 1]]
     return report(

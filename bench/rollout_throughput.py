@@ -7,16 +7,21 @@ each configuration's ratio to the transformers engine, and where the wall time w
 model call (vLLM's ``LLM.generate``, HF ``generate``), the engine's preparation around it
 (prompt and frame conversion, checks) and the loop (env, memory, chat encoding).
 
-    python bench/rollout_throughput.py [--rows 1 --seconds 60 --group 8] [--tiny]
+With ``--profile N`` each configuration also runs under cProfile (slower; a diagnosis, not a
+measurement) and the N functions with the most cumulative time are listed under the table.
+
+    python bench/rollout_throughput.py [--rows 1 --seconds 60 --group 8 --configs ...] [--tiny]
 """
 
 from __future__ import annotations
 
+import contextlib
+import cProfile
 import gc
 
 import numpy as np
 import torch
-from common import TimedCalls, Timer, parser, report, rollout_config, setup, stack, videos
+from common import TimedCalls, Timer, parser, report, rollout_config, setup, stack, top_functions, videos
 
 from streamreason.envs.pool import EnvPool
 from streamreason.rollout.loop import run_rollouts
@@ -28,7 +33,7 @@ CONFIGS = [  # (name, engine, memory)
 ]
 
 
-def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict) -> dict:
+def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict, profile: int = 0) -> dict:
     cfg = rollout_config(s, group=group, **memory)
     n_chunks = max(int(np.ceil(r.meta["duration_s"])) for r in rows)
     if engine_name not in stack_cache:
@@ -38,10 +43,12 @@ def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict) -
         stack_cache[engine_name] = stack(s, engine_name, max_videos=n_chunks + 1)
     encoder, engine = stack_cache[engine_name]
     inner = (engine.llm, "generate") if hasattr(engine, "llm") else (engine, "_generate")
+    prof = cProfile.Profile() if profile else None
     with EnvPool(cfg.env, num_workers=2, in_process=s.tiny) as pool, TimedCalls(engine, "generate") as gen, \
-            TimedCalls(*inner) as model, Timer() as t:  # fmt: skip
+            TimedCalls(*inner) as model, Timer() as t, prof or contextlib.nullcontext():  # fmt: skip
         trajs, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg)
     assert not failures, failures
+    top = top_functions(prof, profile) if prof else []
     turns = [x for tr in trajs for x in tr.turns]
     cached = [x.cached_prompt_tokens / len(x.prompt_ids) for x in turns if x.cached_prompt_tokens is not None]
     return {
@@ -56,6 +63,7 @@ def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict) -
         "model_pct": 100 * model.seconds / t.seconds,
         "engine_prep_pct": 100 * (gen.seconds - model.seconds) / t.seconds,
         "loop_pct": 100 * (t.seconds - gen.seconds) / t.seconds,
+        "profile": [f"{sec:8.2f} s  {name}" for sec, name in top],
     }
 
 
@@ -64,14 +72,21 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=1, help="streams (each rolled out G times)")
     p.add_argument("--seconds", type=int, default=60, help="video length, seconds")
     p.add_argument("--group", type=int, default=8, help="G, trajectories per stream")
+    p.add_argument("--configs", nargs="+", choices=[c[0] for c in CONFIGS], default=[c[0] for c in CONFIGS],
+                   help="configurations to run (ratios are to the first one run)")  # fmt: skip
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="list the N costliest functions")
     args = p.parse_args(argv)
     s = setup(args)
-    configs = [c for c in CONFIGS if not (s.tiny and c[1] == "vllm")]  # vLLM needs CUDA
+    configs = [
+        c for c in CONFIGS if c[0] in args.configs and not (s.tiny and c[1] == "vllm")
+    ]  # vLLM needs CUDA
     if s.tiny:
         args.rows, args.seconds, args.group = 1, 4, 2
     rows = videos(s, args.rows, args.seconds)
     cache: dict = {}
-    results = {name: measure(s, rows, eng, mem, args.group, cache) for name, eng, mem in configs}
+    results = {
+        name: measure(s, rows, eng, mem, args.group, cache, args.profile) for name, eng, mem in configs
+    }
     base = results[configs[0][0]]
     table = [[name, r["seconds"], r["video_s_per_s"], r["tokens_per_s"], r["turns_per_s"], r["context"],
               100 * r["cached"], r["video_s_per_s"] / base["video_s_per_s"], r["model_pct"], r["engine_prep_pct"],
@@ -79,10 +94,10 @@ def main(argv=None):
     return report(
         f"Rollout throughput: {args.rows} stream(s) x {args.seconds} s x G={args.group}",
         ["engine, memory", "wall s", "video-s/s", "gen tokens/s", "turns/s", "mean context", "prefix-cached %",
-         "x transformers", "model call %", "engine prep %", "loop %"], table, s,
+         f"x {configs[0][0]}", "model call %", "engine prep %", "loop %"], table, s,
         {"rows": args.rows, "seconds": args.seconds, "group": args.group, "size": s.size, "eager": s.eager,
          "gpu_memory_utilization": s.gpu_memory_utilization},
-        args.out,
+        args.out, [f"profile, {name}:\n" + "\n".join(r["profile"]) for name, r in results.items() if r["profile"]],
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ gradient checkpointing, optional LoRA (peft) and a frozen vision tower. Under ``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -107,10 +108,14 @@ class Learner:
         pad_id: padding token id.
         temperature: the rollout temperature; log-probs are ``log_softmax(logits / T)``.
         ref_model: frozen reference policy for the KL loss (needed when ``grpo.kl_coef > 0``).
+        share_vision: run the vision tower once per distinct chunk of a mini-batch and feed its
+            output to every row that holds the chunk (:class:`VisionCache`). Exact; off runs
+            the tower on every row's chunks, as the model's own forward does. Used in one
+            process only: under FSDP the tower runs inside each row's forward.
     """
 
     def __init__(self, model, optim: OptimConfig, grpo: GRPOConfig, total_steps: int, pad_id: int,
-                 temperature: float = 1.0, ref_model=None):  # fmt: skip
+                 temperature: float = 1.0, ref_model=None, share_vision: bool = True):  # fmt: skip
         from transformers import get_scheduler
 
         self.grpo, self.optim_cfg, self.pad_id = grpo, optim, pad_id
@@ -131,6 +136,7 @@ class Learner:
         if self.world_size > 1:
             _shard(model)
         self.model = model
+        self.share_vision = share_vision and self.world_size == 1
         if grpo.kl_coef > 0 and ref_model is None:
             raise ConfigError("rl.kl_coef > 0 needs a reference model")
         self.ref_model = ref_model
@@ -145,6 +151,27 @@ class Learner:
         )
 
     # -- forward ---------------------------------------------------------------------------
+    def _forward(self, model, rows: list[TrainRow], vision: VisionCache | None = None, entropy: bool = False):
+        """``(batch, logprobs, entropy)`` of a micro-batch: :func:`collate` and
+        :meth:`_token_logprobs`, with the rows' video features from ``vision`` when given (the
+        batch then carries no pixels)."""
+        if vision is None:
+            batch = collate(rows, self.pad_id)
+            return (batch, *self._token_logprobs(model, batch, entropy))
+        batch = collate(rows, self.pad_id, pixels=False)
+        batch["pixel_values_videos"] = torch.empty(0)  # makes the model ask for video features
+        with vision.serve([v for r in rows for v in r.videos]):
+            return (batch, *self._token_logprobs(model, batch, entropy))
+
+    def _vision(self, model, rows: list[TrainRow], grad: bool) -> VisionCache | None:
+        """A :class:`VisionCache` over ``rows``' chunks, or None where sharing is off or the rows
+        hold no video. ``grad`` only where the vision tower trains."""
+        if not self.share_vision or not any(r.videos for r in rows):
+            return None
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        grad = grad and any(p.requires_grad for p in base.model.visual.parameters())
+        return VisionCache(base.model, [v for r in rows for v in r.videos], self.device, grad)
+
     def _token_logprobs(self, model, batch, entropy: bool = False):
         """``(logprobs, entropy)`` of the target tokens ``[B, L-1]`` (entropy None unless asked).
 
@@ -201,8 +228,10 @@ class Learner:
         was_training = model.training
         model.eval()
         out = []
-        for chunk, real in self._micro_batches(rows):
-            logp, _ = self._token_logprobs(model, collate(chunk, self.pad_id))
+        micros = self._micro_batches(rows)
+        vision = self._vision(model, [r for m, _ in micros for r in m], grad=False)
+        for chunk, real in micros:
+            _, logp, _ = self._forward(model, chunk, vision)
             for r, lp in zip(chunk if real else [], logp.cpu().numpy()):
                 out.append(np.concatenate([[0.0], lp[: len(r) - 1]]).astype(np.float32))
         model.train(was_training)
@@ -232,9 +261,10 @@ class Learner:
                 tokens = _all_reduce(float(sum(r.num_loss_tokens for r in mini)))
                 seqs = _all_reduce(float(sum(r.num_loss_tokens > 0 for r in mini)))
                 mini_metrics: dict[str, list[float]] = {}
-                for micro, _ in self._micro_batches(mini):
-                    batch = collate(micro, self.pad_id)
-                    logp, ent = self._token_logprobs(self.model, batch, entropy=True)
+                micros = self._micro_batches(mini)
+                vision = self._vision(self.model, [r for m, _ in micros for r in m], grad=True)
+                for micro, _ in micros:
+                    batch, logp, ent = self._forward(self.model, micro, vision, entropy=True)
                     dev = {k: batch[k].to(self.device) for k in ("old_logprobs", "advantages", "loss_mask")}
                     ref = None
                     if self.ref_model is not None:
@@ -246,6 +276,8 @@ class Learner:
                     (loss * self.world_size).backward()  # FSDP averages gradients over ranks (verl's dp_size)
                     for k, v in metrics.items():
                         mini_metrics.setdefault(k, []).append(v)
+                if vision is not None:
+                    vision.backward()
                 # loss terms are each micro-batch's share of the mini-batch: they add up; rates average
                 for k, v in mini_metrics.items():
                     agg = np.sum(v) if k in _SHARE_METRICS else np.mean(v)
@@ -276,9 +308,10 @@ class Learner:
         alpha = {int(c): counts.sum() / (len(classes) * n) for c, n in zip(classes, counts)}
         tokens = _all_reduce(float(sum(r.num_loss_tokens for r in rows)))
         loss_sum, hits, n_dec = 0.0, 0, 0
-        for micro, _ in self._micro_batches(rows):
-            batch = collate(micro, self.pad_id)
-            logp, _ = self._token_logprobs(self.model, batch)
+        micros = self._micro_batches(rows)
+        vision = self._vision(self.model, [r for m, _ in micros for r in m], grad=True)
+        for micro, _ in micros:
+            batch, logp, _ = self._forward(self.model, micro, vision)
             w = batch["loss_mask"].to(self.device)
             dec = batch["decision"].to(self.device)
             is_dec = dec >= 0
@@ -297,6 +330,8 @@ class Learner:
             )  # FSDP averages gradients over ranks
             loss.backward()
             loss_sum += float(loss.detach()) / self.world_size
+        if vision is not None:
+            vision.backward()
         metrics = {"loss": _all_reduce(loss_sum), "decision_acc": hits / max(n_dec, 1)}
         metrics.update(self._step())
         return metrics
@@ -363,6 +398,82 @@ class Learner:
             sd = None
         model.save_pretrained(out_dir, state_dict=sd)
         processor.save_pretrained(out_dir)
+
+
+class VisionCache:
+    """The vision tower's features of each distinct chunk of a set of rows, computed once.
+
+    The B = 1 rows of a trajectory each hold the W chunks of their context, and the G
+    trajectories of a stream hold the same chunks, so a mini-batch of turn rows runs the tower
+    on each chunk up to W·G times when every row's forward runs it. The cache runs it once per
+    distinct :class:`~streamreason.rollout.chat.VideoSegment` (by identity: the rollout loop
+    shares a chunk's segment among a stream's trajectories), in groups of at most
+    ``max_patches`` patches, and serves the features to the model's forward through its
+    ``get_video_features`` while a micro-batch runs (:meth:`serve`).
+
+    With ``grad``, the features are detached leaves: each micro-batch's backward adds into
+    their ``.grad``, and :meth:`backward` runs the tower's backward once with the sums. This is
+    exact: the loss is a sum over rows, so the tower's gradient is the tower's vector-Jacobian
+    product with the summed feature gradients (only the floating-point summation order differs).
+
+    Args:
+        inner: the ``...VLModel`` under the ``ForConditionalGeneration`` (``model.model``).
+        segments: the chunks, in any order, repeats allowed.
+        device: where the tower runs.
+        grad: keep the tower's graph for :meth:`backward`.
+        max_patches: patches per tower call (bounds the transient activations of no-grad calls).
+    """
+
+    def __init__(self, inner, segments, device, grad: bool, max_patches: int = 1 << 16):
+        self._inner, self._grad = inner, grad
+        self._features: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._graph: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tower output, its leaf)
+        unique = list({id(s): s for s in segments}.values())
+        self.num_chunks = len(unique)
+        group: list = []
+        for seg in unique:
+            group.append(seg)
+            if sum(len(g.tensors["pixel_values_videos"]) for g in group) >= max_patches or seg is unique[-1]:
+                self._encode(group, device)
+                group = []
+
+    def _encode(self, group, device) -> None:
+        from streamreason.rollout.chat import concat_videos
+
+        tensors = concat_videos(group)
+        with torch.set_grad_enabled(self._grad):
+            out = self._inner.get_video_features(
+                tensors["pixel_values_videos"].to(device), tensors["video_grid_thw"].to(device)
+            )
+        self._output_type = type(out)
+        sizes = [len(e) for e in out.pooler_output]
+        outputs = [torch.cat(out.pooler_output), *(getattr(out, "deepstack_features", None) or [])]
+        leaves = [o.detach().requires_grad_(self._grad) for o in outputs]
+        self._graph += list(zip(outputs, leaves)) if self._grad else []
+        pieces = [leaf.split(sizes) for leaf in leaves]
+        for j, seg in enumerate(group):
+            self._features[id(seg)] = (pieces[0][j], [p[j] for p in pieces[1:]])
+
+    @contextlib.contextmanager
+    def serve(self, segments):
+        """While active, the model's ``get_video_features`` returns the features of
+        ``segments`` (a micro-batch's chunks in row order) instead of running the tower."""
+        feats = [self._features[id(s)] for s in segments]
+        out = self._output_type(pooler_output=tuple(f[0] for f in feats))
+        if feats[0][1]:  # Qwen3-VL deepstack features: per layer, all chunks concatenated
+            out.deepstack_features = [torch.cat(layer) for layer in zip(*(f[1] for f in feats))]
+        self._inner.get_video_features = lambda *args, **kwargs: out
+        try:
+            yield
+        finally:
+            del self._inner.get_video_features  # back to the class's method
+
+    def backward(self) -> None:
+        """The tower's backward with the gradients the micro-batches left on the features."""
+        pairs = [(o, leaf.grad) for o, leaf in self._graph if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        self._graph = []
 
 
 _SHARE_METRICS = ("pg_loss", "kl", "entropy", "loss")

@@ -110,8 +110,14 @@ def build_rows(trajectories: list[Trajectory], advantages: list[float] | None = 
     return rows
 
 
-def collate(rows: list[TrainRow], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(rows: list[TrainRow], pad_id: int, pixels: bool = True) -> dict[str, torch.Tensor]:
     """A right-padded micro-batch.
+
+    Args:
+        rows: the micro-batch's rows.
+        pad_id: padding token id.
+        pixels: include the videos' pixel tensors (False: only their grids and timing, for a
+            forward that takes precomputed video features, ``learner.VisionCache``).
 
     Returns:
         Model inputs (``input_ids``, ``attention_mask``, ``mm_token_type_ids`` int64
@@ -138,7 +144,13 @@ def collate(rows: list[TrainRow], pad_id: int) -> dict[str, torch.Tensor]:
         if r.decision is not None:
             decision[j, :n] = torch.from_numpy(r.decision)
     batch = {"input_ids": ids, "attention_mask": attn, "mm_token_type_ids": types}
-    batch.update(concat_videos([v for r in rows for v in r.videos]))
+    videos = [v for r in rows for v in r.videos]
+    if pixels:
+        batch.update(concat_videos(videos))
+    elif videos:  # the small per-video tensors only: video_grid_thw, second_per_grid_ts
+        batch.update(
+            {k: torch.cat([v.tensors[k] for v in videos]) for k in videos[0].tensors if "pixel" not in k}
+        )
     adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)[:, None].expand(b, width - 1)
     batch.update(
         targets=ids[:, 1:],

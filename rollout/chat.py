@@ -48,6 +48,23 @@ class VideoSegment:
     tensors: dict[str, torch.Tensor] = field(repr=False)
     frames: np.ndarray | None = field(default=None, repr=False)
     fps: float = 0.0
+    _uid: str | None = field(default=None, init=False, repr=False)
+
+    @property
+    def uid(self) -> str:
+        """A content hash of the frames, their shape and fps (BLAKE2b, hex), computed once.
+
+        Engines that cache processed videos by content (vLLM's ``multi_modal_uuids``) take it
+        instead of hashing every chunk of every request again.
+        """
+        if self._uid is None:
+            import hashlib
+
+            h = hashlib.blake2b(digest_size=16)
+            h.update(f"{self.frames.shape}|{self.frames.dtype}|{self.fps!r}".encode())
+            h.update(np.ascontiguousarray(self.frames).data)
+            self._uid = h.hexdigest()
+        return self._uid
 
     def metadata(self) -> dict:
         """The frames' metadata as transformers' ``VideoMetadata`` fields (vLLM and verl take it

@@ -7,7 +7,10 @@ does, ``verl/workers/rollout/utils.py:qwen2_5_vl_dedup_image_tokens``) and the e
 vLLM reports back is checked against ours token for token: a processor that resized or
 re-timed the frames differently fails loudly instead of training on a context the policy never
 saw. Frames are passed with ``do_resize=False`` and their fps metadata, as
-:meth:`~streamreason.rollout.chat.ChatEncoder.video` encodes them.
+:meth:`~streamreason.rollout.chat.ChatEncoder.video` encodes them, and with each chunk's content
+hash (:attr:`~streamreason.rollout.chat.VideoSegment.uid`) as its ``multi_modal_uuids`` entry:
+vLLM's processor and encoder caches are keyed by it, so a chunk that every turn of a window
+re-sends is hashed once, when the loop encodes it, not once per request.
 
 Log-probs are vLLM's ``raw_logprobs``: ``log_softmax`` of the full distribution before
 temperature and top-k / top-p, i.e. this project's convention (``rollout/engine.py``) at
@@ -168,6 +171,8 @@ class VLLMEngine(Engine):
             if r.videos:
                 check_video_timing(r.videos, self.model_type)
                 prompt["multi_modal_data"] = {"video": vllm_videos(r.videos)}
+                # content ids computed once per chunk: vLLM skips hashing every chunk's frames again
+                prompt["multi_modal_uuids"] = {"video": [v.uid for v in r.videos]}
                 prompt["mm_processor_kwargs"] = {"do_resize": False}
             prompts.append(prompt)
         params = [self._params(sampling, m) for m in max_tokens]

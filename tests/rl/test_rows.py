@@ -139,3 +139,42 @@ def test_learner_options_train_the_right_parameters(setup, optim):
         assert changed and not any(".visual." in n for n in changed)
     else:
         assert any(".visual." in n for n in changed) and any("language_model" in n for n in changed)
+
+
+@pytest.mark.parametrize("update", ["grpo", "sft"])
+def test_shared_vision_features_give_the_same_update(setup, update):
+    """The tower once per distinct chunk (VisionCache) against the tower in every row's forward:
+    same log-probs, same gradients on every parameter (vision tower included), same metrics."""
+    import copy
+
+    model, processor, encoder, rows = setup
+    cfg = RolloutConfig(env=ENV, memory=MemoryConfig(window_chunks=3, evict_block=1),
+                        protocol=ProtocolConfig(think_budget=4, max_new_tokens=8), group_size=2)  # fmt: skip
+    with EnvPool(ENV, in_process=True) as pool:
+        trajs, _ = run_rollouts(rows[:2], pool=pool, engine=TransformersEngine(model, processor.tokenizer, seed=0),
+                                encoder=encoder, cfg=cfg)  # fmt: skip
+    train = build_rows(trajs, advantages=[1.0, -1.0, 0.5, -0.5])
+    chunks = [v for r in train for v in r.videos]
+    assert len({id(v) for v in chunks}) < len(chunks) / 3  # rows and trajectories share chunks
+    grads, metrics, logps = [], [], []
+    for share in (False, True):
+        learner = Learner(copy.deepcopy(model), OptimConfig(lr=1e-3, warmup_ratio=0), GRPOConfig(micro_batch_rows=3),
+                          total_steps=1, pad_id=processor.tokenizer.pad_token_id, share_vision=share)  # fmt: skip
+        logps.append(learner.logprobs(train))
+        learner._step = lambda: {}  # keep the gradients for comparison
+        calls = []
+        learner.model.model.visual.register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
+        if update == "grpo":
+            metrics.append(learner.grpo_update(train))
+        else:
+            metrics.append(learner.sft_update(train))
+        assert len(calls) == (1 if share else -(-len(train) // 3))  # tower calls: once vs per micro-batch
+        grads.append({n: p.grad for n, p in learner.model.named_parameters()})
+    for a, b in zip(*logps):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert metrics[0].keys() == metrics[1].keys()
+    for k in metrics[0]:
+        assert metrics[0][k] == pytest.approx(metrics[1][k], rel=1e-4, abs=1e-6), k
+    assert any(".visual." in n and g is not None and g.abs().sum() > 0 for n, g in grads[1].items())
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6, msg=n)

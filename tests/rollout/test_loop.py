@@ -145,3 +145,22 @@ def test_other_qwen_vl_families_roll_out_exactly(arch, rows, tmp_path):
         -1, torch.from_numpy(last.response_ids.astype(np.int64))[:, None]
     )
     assert torch.allclose(ref[:, 0], torch.from_numpy(last.logprobs), atol=1e-4)
+
+
+def test_chunks_are_shared_by_a_stream_and_identified_by_content(rollout):
+    """A chunk is encoded once per stream (its G trajectories hold the same segment), and its
+    content id, what vLLM keys its caches by, differs between chunks and streams and survives
+    a copy of the frames."""
+    from streamreason.rollout.chat import VideoSegment
+
+    trajs, _, encoder, _ = rollout
+    same_row = [t for t in trajs if t.row.id == trajs[0].row.id]
+    assert all(t.videos[k] is same_row[0].videos[k] for t in same_row for k in t.videos)
+    chunks = {id(v): v for t in trajs for v in t.videos.values()}.values()
+    assert len(chunks) == sum(len(t.videos) for t in trajs) // 3
+    # one id per distinct content (a synthetic clip may repeat a chunk exactly)
+    assert len({v.uid for v in chunks}) == len({(v.frames.tobytes(), v.fps) for v in chunks}) > 1
+    v = same_row[0].videos[0]
+    copy = VideoSegment(v.ids, v.mm_token_type_ids, v.tensors, frames=v.frames.copy(), fps=v.fps)
+    assert copy.uid == v.uid
+    assert VideoSegment(v.ids, v.mm_token_type_ids, v.tensors, frames=v.frames, fps=2 * v.fps).uid != v.uid
