@@ -112,17 +112,24 @@ def main(argv=None):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        with Timer() as score:
-            old = learner.logprobs(train)
-        for r, lp in zip(train, old):
-            r.old_logprobs = np.where(r.loss_mask > 0, lp, 0).astype(np.float32)
-        with TimedCalls(model.model.visual, "forward") as tower, Timer() as t:
-            metrics = learner.grpo_update(train)
+        try:
+            with Timer() as score:
+                old = learner.logprobs(train)
+            for r, lp in zip(train, old):
+                r.old_logprobs = np.where(r.loss_mask > 0, lp, 0).astype(np.float32)
+            with TimedCalls(model.model.visual, "forward") as tower, Timer() as t:
+                metrics = learner.grpo_update(train)
+        except torch.OutOfMemoryError:  # a result too: this variant does not fit
+            learner.optimizer.zero_grad(set_to_none=True)
+            table.append([name, micro, ckpt, len(train), tokens, *[float("nan")] * 9, "OOM", float("nan")])
+            print(f"{name}: out of memory", flush=True)
+            continue
         stats = torch.cuda.memory_stats() if torch.cuda.is_available() else {}
-        table.append([name, micro, ckpt and not s.tiny, len(train), tokens, t.seconds, tokens / t.seconds, flops / t.seconds / 1e12,
-                      100 * flops / t.seconds / peak_flops(), tower.seconds, tower.calls, score.seconds,
-                      stats.get("allocated_bytes.all.peak", float("nan")) / 2**30, stats.get("num_alloc_retries", 0),
-                      metrics["loss"], metrics["grad_norm"]])  # fmt: skip
+        table.append([name, micro, ckpt and not s.tiny, len(train), tokens, t.seconds, tokens / t.seconds,
+                      flops / t.seconds / 1e12, 100 * flops / t.seconds / peak_flops(), tower.seconds, tower.calls,
+                      score.seconds, stats.get("allocated_bytes.all.peak", float("nan")) / 2**30,
+                      stats.get("num_alloc_retries", 0), metrics["loss"], metrics["grad_norm"]])  # fmt: skip
+        print(table[-1], flush=True)  # progress: one line per variant
     return report(
         f"Learner: one GRPO update on turn rows (W={window}, B=1, G={args.group}, {args.seconds} s stream, "
         f"{len(train)} rows, {chunks} distinct chunks, mean row {tokens / len(train):,.0f} tokens)",
