@@ -210,7 +210,7 @@ class TrajectoryRecorder:
         head, video, tail = piece or encode_chunk(self.encoder, obs)
         k = obs["chunk_index"]
         self.traj.videos[k] = video
-        self.memory.add_chunk(head, video, tail)
+        self.memory.add_chunk(head, video, tail, has_query=bool(obs["queries"]))
         prompt = self.memory.prompt()
         self._turn = (obs, prompt)
         key = (self.traj.row.id, self.traj.group_index, k)

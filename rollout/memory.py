@@ -12,7 +12,10 @@ Options:
 * ``keep_all_video``: no eviction (the uncompressed baseline).
 * ``text_sink_tokens`` / ``text_recent_tokens`` (StreamingVLM, arXiv 2510.09608): cap the past
   assistant text to whole turns fitting the first ``sink`` tokens plus the last ``recent``
-  tokens; queries and time markers always stay. Re-evaluated only at block boundaries.
+  tokens. Queries always stay, with their chunk's time marker; an evicted chunk with neither a
+  query nor a kept reply leaves the context entirely, so the context is bounded in video length
+  (without this, each of its markers, about 25 tokens, stays forever: 90k tokens at an hour).
+  Re-evaluated only at block boundaries.
 
 Between two block boundaries, prompt(t+1) = prompt(t) + response(t) + env tokens + user(t+1):
 tests assert it, and :attr:`Prompt.block_start` tells which turns pack into one row.
@@ -114,6 +117,7 @@ class _Chunk:
     head: list[int]
     tail: list[int]
     video: VideoSegment
+    has_query: bool = True
     reply: list[int] | None = None  # generated ids + env end-of-turn ids
 
 
@@ -135,11 +139,17 @@ class VisualWindowMemory:
         self._prev_key: list[tuple] = []
         self._prev_ids: list[int] = []
 
-    def add_chunk(self, head: list[int], video: VideoSegment, tail: list[int]) -> None:
-        """A new chunk arrived: its user turn is ``head + video + tail`` while the video is kept."""
+    def add_chunk(
+        self, head: list[int], video: VideoSegment, tail: list[int], has_query: bool = True
+    ) -> None:
+        """A new chunk arrived: its user turn is ``head + video + tail`` while the video is kept.
+
+        ``has_query=False`` (no query asked in this chunk) lets a text cap drop the chunk's
+        time marker once its video is evicted and its reply dropped.
+        """
         if self.chunks and self.chunks[-1].reply is None:
             raise RuntimeError("add_reply() for the previous chunk must come before the next add_chunk()")
-        self.chunks.append(_Chunk(list(head), list(tail), video))
+        self.chunks.append(_Chunk(list(head), list(tail), video, has_query))
 
     def add_reply(self, reply_ids: list[int]) -> None:
         """The current turn's assistant tokens: generated ids plus the env's end-of-turn ids."""
@@ -174,7 +184,8 @@ class VisualWindowMemory:
                 pieces.append((("head", k), c.head, None))
                 pieces.append((("video", k), c.video.ids, c.video))
                 pieces.append((("tail", k), c.tail, None))
-            else:  # evicted: the time marker and queries stay, the frames go
+            elif k in replies or c.has_query or not self.cfg.text_cap:
+                # evicted: the time marker and queries stay, the frames go
                 pieces.append((("marker", k), c.head + c.tail, None))
             if k < turn and k in replies:
                 pieces.append((("reply", k), c.reply, None))

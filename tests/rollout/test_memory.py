@@ -11,13 +11,13 @@ SYSTEM = [1, 2, 3]
 PADS = 4
 
 
-def run(cfg: MemoryConfig, turns: int, reply_len=lambda k: 3):
+def run(cfg: MemoryConfig, turns: int, reply_len=lambda k: 3, query=lambda k: True):
     """Drive a memory for ``turns`` chunks; return each turn's prompt."""
     mem = VisualWindowMemory(cfg, SYSTEM)
     prompts = []
     for k in range(turns):
         video = VideoSegment([VS, *[VP] * PADS, VE], [0, *[2] * PADS, 0], tensors={})
-        mem.add_chunk(head=[100, 200 + k], video=video, tail=[300 + k, 101])
+        mem.add_chunk(head=[100, 200 + k], video=video, tail=[300 + k, 101], has_query=query(k))
         prompts.append(mem.prompt())
         mem.add_reply([500 + k] * reply_len(k))
     return prompts
@@ -77,7 +77,29 @@ def test_text_cap_keeps_sink_and_recent_turns():
     kept = [k for k in range(9) if 500 + k in last.ids]
     # sink: the first 2 replies (6 tokens); recent: the reply before the block; the block's own turns stay
     assert kept == [0, 1, 8]
-    assert all(300 + k in last.ids for k in range(10))  # queries and markers always stay
+    assert all(300 + k in last.ids for k in range(10))  # queries and their markers always stay
+
+
+@pytest.mark.parametrize("b", [1, 4])
+def test_text_cap_bounds_the_context_in_video_length(b):
+    """Chunks without a query lose their marker with their reply: the context stops growing,
+    and it still only grows inside an eviction block."""
+    cfg = MemoryConfig(window_chunks=3, evict_block=b, text_sink_tokens=6, text_recent_tokens=6)
+    prompts = run(cfg, turns=200, query=lambda k: k % 50 == 7)  # a query every 50 chunks
+    last = prompts[-1]
+    kept = [k for k in range(199) if 200 + k in last.ids]
+    queried = [k for k in range(200) if k % 50 == 7]
+    assert all(k in kept for k in queried) and all(300 + k in last.ids for k in queried)
+    assert all(500 + k in last.ids for k in (0, 1))  # sink replies with their markers
+    assert len(kept) <= len(queried) + 2 + 2 + 3 + b  # queries, sink, recent, window + block
+    assert max(len(p.ids) for p in prompts[100:]) <= max(len(p.ids) for p in prompts[:100]) + 4 * len(queried)
+    for prev, cur in zip(prompts, prompts[1:]):
+        if cur.block_start == prev.block_start:
+            assert cur.ids[: len(prev.ids)] == prev.ids
+    # without a cap every marker stays
+    assert all(
+        200 + k in run(MemoryConfig(window_chunks=3), 60, query=lambda k: False)[-1].ids for k in range(60)
+    )
 
 
 def test_bad_config_is_named():
