@@ -290,6 +290,49 @@ def _cmd_train(args) -> None:
     )
 
 
+def _cmd_sweep(args) -> None:
+    from streamreason.errors import ConfigError
+    from streamreason.rl.sweep import (
+        LocalLauncher,
+        RayJobLauncher,
+        Sweep,
+        check_trials,
+        run_sweep,
+        write_report,
+    )
+
+    if args.launcher == "ray" and not args.address:
+        raise ConfigError(
+            "--launcher ray needs --address (the cluster's dashboard URL, e.g. http://head:8265)"
+        )
+    spec = {"recipe": str(Path(args.recipe).resolve()), "overrides": list(args.overrides), "grid": list(args.grid),
+            "random": args.random, "seed": args.seed, "metric": args.metric}  # fmt: skip
+    out = args.out or f"runs/sweep-{Path(args.recipe).stem}"
+    sweep = Sweep(out, spec)
+    check_trials(sweep)
+    sweep.save()
+    if args.launcher == "local":
+        launcher = LocalLauncher(args.parallel or 1)
+    else:
+        launcher = RayJobLauncher(
+            args.address, args.parallel or len(sweep.trials), args.trial_cpus, args.trial_gpus
+        )
+    run_sweep(sweep, launcher, args.python)
+    records = write_report(sweep)
+    failed = [r["trial"] for r in records if r["state"] != "finished"]
+    print(f"sweep folder: {sweep.dir} (sweep.csv, sweep_curves.png, sweep_params.png)")
+    if failed:
+        print(f"{len(failed)} trial(s) failed: {', '.join(failed)}; rerun the same command to retry them")
+
+
+def _cmd_sweep_report(args) -> None:
+    from streamreason.rl.sweep import Sweep, write_report
+
+    sweep = Sweep.open(args.sweep_dir)
+    write_report(sweep)
+    print(f"written: {sweep.dir / 'sweep.csv'}, sweep_curves.png, sweep_params.png")
+
+
 def _cmd_sft(args) -> None:
     from streamreason.config import load_config
     from streamreason.rl.trainer import LocalTrainer
@@ -467,6 +510,31 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="config overrides, key=value")
     tr.set_defaults(func=_cmd_train)
 
+    sw = sub.add_parser(
+        "sweep", help="hyperparameter sweep of `train` over a grid, locally or as Ray Jobs",
+        epilog="sweep report DIR: rebuild a sweep's sweep.csv, table and plots",
+    )  # fmt: skip
+    sw.add_argument("recipe")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                    help="values of one config key (repeat per key); with --random also "
+                         "loguniform(a,b), uniform(a,b), randint(a,b)")  # fmt: skip
+    sw.add_argument("--random", type=int, help="draw N trials instead of the full grid")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the --random draws")
+    sw.add_argument("--launcher", choices=("local", "ray"), default="local")
+    sw.add_argument("--parallel", type=int, help="trials at once (default: local 1, ray all)")
+    sw.add_argument(
+        "--address", help="ray: the cluster's dashboard URL (Ray Jobs API), e.g. http://head:8265"
+    )
+    sw.add_argument("--trial-cpus", type=float, default=1.0, help="ray: CPUs reserved per trial")
+    sw.add_argument("--trial-gpus", type=float, default=0.0, help="ray: GPUs reserved per trial")
+    sw.add_argument("--out", help="the sweep folder (default runs/sweep-<recipe name>)")
+    sw.add_argument(
+        "--metric", default="eval/reward", help="what the table and plots rank by (its final value)"
+    )
+    sw.add_argument("--python", default=sys.executable, help="the trials' Python (default: this one)")
+    sw.add_argument("overrides", nargs="*", help="config overrides for every trial, key=value")
+    sw.set_defaults(func=_cmd_sweep)
+
     sf = sub.add_parser("sft", help="SFT warm-start on gold watch-think-speak trajectories")
     sf.add_argument("recipe")
     sf.add_argument("overrides", nargs="*", help="config overrides, key=value")
@@ -510,11 +578,21 @@ def score_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sweep_report_parser() -> argparse.ArgumentParser:
+    """``streamreason sweep report``: rebuild a sweep's CSV, table and plots."""
+    p = argparse.ArgumentParser(prog="streamreason sweep report", description="rebuild a sweep's report")
+    p.add_argument("sweep_dir", help="the sweep folder (holds sweep.json)")
+    p.set_defaults(func=_cmd_sweep_report)
+    return p
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse a command line; ``key=value`` overrides may stand before or after options."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["eval", "score"]:
         return score_parser().parse_args(argv[2:])
+    if argv[:2] == ["sweep", "report"]:
+        return sweep_report_parser().parse_args(argv[2:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # argparse leaves overrides after options here
     bad = [x for x in extra if x.startswith("-") or "=" not in x]
