@@ -46,6 +46,25 @@ class RowError(StreamReasonError):
         return (type(self), (self.where, self.reason))
 
 
+class EnvWorkerError(StreamReasonError):
+    """An env worker process (a Ray actor of the env pool) kept dying and could not be rebuilt.
+
+    Attributes:
+        worker: the worker's index in its pool.
+        reason: how often and where it died, and the rows it held.
+    """
+
+    def __init__(self, worker: int, reason: str):
+        self.worker = worker
+        self.reason = reason
+        super().__init__(
+            f"env worker {worker}: {reason}; check its rows' videos and the node's memory, then resume"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.worker, self.reason))
+
+
 class ConfigError(StreamReasonError):
     """A configuration key or value is invalid (unknown key, wrong type, bad value)."""
 

@@ -21,6 +21,16 @@ def tiny_policy(tiny_model_dir):
     return load_policy(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance of 2 CPUs for the module's tests (real actors, real processes)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` run only where CUDA is available (``pytest -m gpu`` on the device)."""
     import torch

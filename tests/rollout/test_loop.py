@@ -164,3 +164,30 @@ def test_chunks_are_shared_by_a_stream_and_identified_by_content(rollout):
     copy = VideoSegment(v.ids, v.mm_token_type_ids, v.tensors, frames=v.frames.copy(), fps=v.fps)
     assert copy.uid == v.uid
     assert VideoSegment(v.ids, v.mm_token_type_ids, v.tensors, frames=v.frames, fps=2 * v.fps).uid != v.uid
+
+
+def test_a_killed_env_worker_costs_the_rollout_nothing(rollout, rows, tiny_policy, ray_cluster):
+    """SIGKILL of the env worker holding both good rows, mid-rollout: Ray restarts it, the pool
+    replays its envs, and the trajectories equal those of the undisturbed in-process rollout."""
+    want, want_failures, encoder, _ = rollout
+    model, processor = tiny_policy
+    engine = TransformersEngine(model, processor.tokenizer, seed=0)
+    bad = StreamRow(id="missing", video_path="/nonexistent/clip.mp4", queries=rows[0].queries)
+    turns = []
+
+    def kill_once(traj, turn):
+        turns.append(turn)
+        if len(turns) == 10:  # in the 2nd lockstep step; rows 0 and 2 went to worker 0
+            pool.kill_worker(0)
+
+    with EnvPool(ENV, num_workers=2) as pool:
+        got, failures = run_rollouts([rows[0], bad, rows[1]], pool=pool, engine=engine, encoder=encoder,
+                                     cfg=CFG, on_turn=kill_once)  # fmt: skip
+        assert pool.restarts == 1
+    assert [f.row_id for f in failures] == [f.row_id for f in want_failures] == ["missing"]
+    assert [(t.row.id, t.group_index) for t in got] == [(t.row.id, t.group_index) for t in want]
+    for a, b in zip(got, want, strict=True):
+        assert [t.text for t in a.turns] == [t.text for t in b.turns]
+        for ta, tb in zip(a.turns, b.turns, strict=True):
+            np.testing.assert_array_equal(ta.prompt_ids, tb.prompt_ids)
+            np.testing.assert_array_equal(ta.response_ids, tb.response_ids)
