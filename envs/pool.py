@@ -70,7 +70,9 @@ class EnvWorker:
                 del live[i]  # its row failed before the restart too; the caller dropped it
         for j in range(max(map(len, live.values()), default=0)):
             for i, actions in list(live.items()):
-                if j < len(actions) and isinstance(_or_error(self.envs[i][0].step, actions[j]), StreamReasonError):
+                if j < len(actions) and isinstance(
+                    _or_error(self.envs[i][0].step, actions[j]), StreamReasonError
+                ):
                     del live[i]
 
     def pid(self) -> int:
@@ -276,11 +278,15 @@ class EnvPool:
                 return ray.get(getattr(worker, method).remote(*args))
             except ray.exceptions.ActorUnavailableError as again:  # still restarting
                 if time.monotonic() > deadline:
-                    raise EnvWorkerError(w, f"did not come back within {_RESTART_WAIT_S:.0f} s: {again}") from None
+                    raise EnvWorkerError(
+                        w, f"did not come back within {_RESTART_WAIT_S:.0f} s: {again}"
+                    ) from None
                 time.sleep(0.2)
             except ray.exceptions.RayActorError as again:
                 deaths += 1
                 if deaths >= _MAX_DEATHS:
-                    raise EnvWorkerError(w, f"died {deaths} times in a row during {method} (rows {rows}): {again}") from None
+                    raise EnvWorkerError(
+                        w, f"died {deaths} times in a row during {method} (rows {rows}): {again}"
+                    ) from None
                 self.restarts += 1
                 logger.warning("env worker %d died again while rebuilding (%s)", w, type(again).__name__)

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import ray
 
 from streamreason.envs.pool import EnvPool
 from streamreason.envs.stream import EnvConfig
