@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -247,7 +248,9 @@ class Learner:
         are the rollout's (equal to the learner's on the same weights, test_rows).
 
         Returns:
-            Means over micro-batches of the loss metrics, plus ``grad_norm`` and ``lr``.
+            Means over micro-batches of the loss metrics, plus ``grad_norm`` and ``lr``, and
+            ``skipped_nonfinite``: how many of the optimizer steps were skipped for a NaN or
+            inf loss or gradient (:meth:`_step`).
         """
         if ref_logprobs is not None:
             for r, ref in zip(rows, ref_logprobs):
@@ -261,6 +264,7 @@ class Learner:
                 tokens = _all_reduce(float(sum(r.num_loss_tokens for r in mini)))
                 seqs = _all_reduce(float(sum(r.num_loss_tokens > 0 for r in mini)))
                 mini_metrics: dict[str, list[float]] = {}
+                finite = True
                 micros = self._micro_batches(mini)
                 vision = self._vision(self.model, [r for m, _ in micros for r in m], grad=True)
                 for micro, _ in micros:
@@ -273,6 +277,7 @@ class Learner:
                         logp, dev["old_logprobs"], dev["advantages"], dev["loss_mask"], self.grpo,
                         ref_log_prob=ref, entropy=ent, batch_num_tokens=tokens, global_batch_size=seqs,
                     )  # fmt: skip
+                    finite = finite and bool(torch.isfinite(loss))
                     (loss * self.world_size).backward()  # FSDP averages gradients over ranks (verl's dp_size)
                     for k, v in metrics.items():
                         mini_metrics.setdefault(k, []).append(v)
@@ -284,9 +289,9 @@ class Learner:
                     sums.setdefault(k, []).append(
                         _all_reduce(float(agg)) if k in _SHARE_METRICS else float(agg)
                     )
-                for k, v in self._step().items():
+                for k, v in self._step(finite).items():
                     sums.setdefault(k, []).append(v)
-        return {k: float(np.mean(v)) for k, v in sums.items()}
+        return {k: float(np.sum(v) if k == "skipped_nonfinite" else np.mean(v)) for k, v in sums.items()}
 
     def sft_update(
         self, rows: list[TrainRow], balance: bool = True, focal_gamma: float = 0.0
@@ -300,7 +305,8 @@ class Learner:
         Loss = Σ w·(−log p) / (masked tokens in the global batch); one backward per micro-batch.
 
         Returns:
-            ``loss``, ``decision_acc`` (p > 0.5 on decision tokens), ``grad_norm``, ``lr``.
+            ``loss``, ``decision_acc`` (p > 0.5 on decision tokens), ``grad_norm``, ``lr``,
+            ``skipped_nonfinite`` (1 when a NaN or inf loss or gradient skipped the step).
         """
         self.model.train()
         labels = np.concatenate([r.decision[r.decision >= 0] for r in rows if r.decision is not None] or [[]])
@@ -333,20 +339,27 @@ class Learner:
         if vision is not None:
             vision.backward()
         metrics = {"loss": _all_reduce(loss_sum), "decision_acc": hits / max(n_dec, 1)}
-        metrics.update(self._step())
+        metrics.update(self._step(math.isfinite(loss_sum)))
         return metrics
 
-    def _step(self) -> dict[str, float]:
+    def _step(self, loss_finite: bool = True) -> dict[str, float]:
+        """Clip and apply the accumulated gradients, unless the loss (on any rank) or the
+        gradient norm is NaN or inf: then the update is skipped (``skipped_nonfinite`` = 1),
+        the gradients dropped and the weights and optimizer state left as they were. The
+        schedule advances either way, so a skip does not shift the later learning rates."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         lr = self.scheduler.get_last_lr()[0]
-        if torch.isfinite(norm):
+        finite = bool(torch.isfinite(norm)) and _all_reduce(float(loss_finite), dist.ReduceOp.MIN) > 0
+        if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return {"grad_norm": float(norm), "lr": lr, "skipped_nonfinite": float(not torch.isfinite(norm))}
+        with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
+        return {"grad_norm": float(norm), "lr": lr, "skipped_nonfinite": float(not finite)}
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import signal
 import time
@@ -39,6 +40,8 @@ from streamreason.rl.learner import Learner, world
 from streamreason.rl.metrics import MetricsLogger
 from streamreason.rl.rows import build_rows
 from streamreason.rl.sft import sft_rows
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -264,7 +267,10 @@ class LocalTrainer:
         t0 = time.perf_counter()
         trajs, failures = self._rollout(rows)
         rollout_s = time.perf_counter() - t0
-        results = [self.reward(t.episode()) for t in trajs]
+        results = [self.reward(t.episode()) for t in trajs]  # rewards.on_error=raise: fails fast here
+        for t, r in zip(trajs, results):
+            if not r.ok:
+                logger.warning("trajectory %d of row %s skipped: %s", t.group_index, t.row.id, r.error)
         scored = [(t, r) for t, r in zip(trajs, results) if r.ok]
         stats = [trajectory_stats(t, r) for t, r in scored]
         gen_tokens = sum(len(turn.response_ids) for t in trajs for turn in t.turns)
@@ -303,6 +309,7 @@ class LocalTrainer:
         train_tokens = sum(len(r) for r in train)
         metrics.update(
             rows_failed=float(sum(self._gather([len(failures)]))),
+            env_restarts=float(sum(self._gather([self.pool.restarts]))),
             reward_failed=float(sum(self._gather([len(trajs) - len(scored)]))),
             rollout_s=rollout_s, update_s=update_s,
             rollout_tokens_per_s=gen_tokens / max(rollout_s, 1e-9),

@@ -1,5 +1,7 @@
 """Packed training rows: the learner's log-probs equal the rollout's on the same weights."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -161,7 +163,7 @@ def test_shared_vision_features_give_the_same_update(setup, update):
         learner = Learner(copy.deepcopy(model), OptimConfig(lr=1e-3, warmup_ratio=0), GRPOConfig(micro_batch_rows=3),
                           total_steps=1, pad_id=processor.tokenizer.pad_token_id, share_vision=share)  # fmt: skip
         logps.append(learner.logprobs(train))
-        learner._step = lambda: {}  # keep the gradients for comparison
+        learner._step = lambda *_: {}  # keep the gradients for comparison
         calls = []
         learner.model.model.visual.register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
         if update == "grpo":
@@ -178,3 +180,28 @@ def test_shared_vision_features_give_the_same_update(setup, update):
     assert any(".visual." in n and g is not None and g.abs().sum() > 0 for n, g in grads[1].items())
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_a_nonfinite_loss_skips_the_update_and_is_counted(setup):
+    """A NaN advantage makes the loss NaN: the optimizer step is skipped and counted, weights
+    and optimizer state stay as they were, and the next finite update trains."""
+    import copy
+
+    model, processor, encoder, rows = setup
+    cfg = RolloutConfig(env=ENV, memory=MemoryConfig(window_chunks=3, evict_block=2),
+                        protocol=ProtocolConfig(think_budget=4, max_new_tokens=8), group_size=2)  # fmt: skip
+    with EnvPool(ENV, in_process=True) as pool:
+        trajs, _ = run_rollouts(rows[:1], pool=pool, engine=TransformersEngine(model, processor.tokenizer, seed=0),
+                                encoder=encoder, cfg=cfg)  # fmt: skip
+    learner = Learner(copy.deepcopy(model), OptimConfig(lr=1e-3, warmup_ratio=0), GRPOConfig(mini_batches=1),
+                      total_steps=4, pad_id=processor.tokenizer.pad_token_id)  # fmt: skip
+    before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    for bad in (math.nan, math.inf):
+        metrics = learner.grpo_update(build_rows(trajs, advantages=[1.0, bad]))
+        assert metrics["skipped_nonfinite"] == 1.0 and not math.isfinite(metrics["pg_loss"])
+        assert not learner.optimizer.state  # AdamW never stepped
+        for n, p in learner.model.named_parameters():
+            torch.testing.assert_close(p, before[n], rtol=0, atol=0, msg=n)
+    metrics = learner.grpo_update(build_rows(trajs, advantages=[1.0, -1.0]))
+    assert metrics["skipped_nonfinite"] == 0.0 and math.isfinite(metrics["pg_loss"])
+    assert any(not torch.equal(p, before[n]) for n, p in learner.model.named_parameters())

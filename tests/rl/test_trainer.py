@@ -108,3 +108,29 @@ def test_sigterm_checkpoints_and_stops(small_overrides, tmp_path):
     assert len(ckpts) == 1 and (ckpts[0] / "manifest.json").is_file()
     stopped_at = int(ckpts[0].name.split("_")[1])
     assert 1 <= stopped_at < 50 and max(_steps(run)) == stopped_at
+
+
+@pytest.mark.parametrize("on_error", ["skip", "raise"])
+def test_a_crashing_custom_reward_skips_its_trajectories_or_fails_fast(small_overrides, tmp_path, on_error):
+    flaky = tmp_path / "flaky.py"
+    flaky.write_text(
+        "def flaky(episode):\n"
+        "    if int(episode.row_id[-1]) % 2:\n"
+        "        raise ZeroDivisionError('boom')\n"
+        "    return 1.0\n"
+    )
+    run = tmp_path / on_error
+    done = _train([*small_overrides, "trainer.steps=3", "trainer.checkpoint_every=0", f"trainer.run_dir={run}",
+                   f"rewards.custom.flaky={flaky}:flaky", f"rewards.on_error={on_error}"])  # fmt: skip
+    reason = "reward 'flaky' failed on row 'synth-00000"
+    if on_error == "raise":
+        assert done.returncode == 1
+        assert f"error: {reason}" in done.stderr and "ZeroDivisionError: boom" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = _steps(run)
+    assert sorted(steps) == [1, 2, 3]
+    failed = sum(s["reward_failed"] for s in steps.values())
+    assert failed > 0 and failed % 2 == 0  # whole groups of G = 2: a row's trajectories all fail
+    assert done.stderr.count(f"skipped: {reason}") == failed  # each one logged with its reason
+    assert (run / "final" / "model.safetensors").is_file()
