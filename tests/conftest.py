@@ -32,12 +32,16 @@ def ray_cluster():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` run only where CUDA is available (``pytest -m gpu`` on the device)."""
+    """Tests marked ``gpu`` run only where CUDA is available (``pytest -m gpu`` on the device);
+    tests marked ``slow`` (soak runs) only when asked for with ``-m slow``."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    skips = []
+    if not torch.cuda.is_available():
+        skips.append(("gpu", pytest.mark.skip(reason="needs a CUDA GPU")))
+    if "slow" not in (config.getoption("markexpr") or ""):
+        skips.append(("slow", pytest.mark.skip(reason="slow (soak): run with -m slow")))
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for mark, skip in skips:
+            if mark in item.keywords:
+                item.add_marker(skip)
