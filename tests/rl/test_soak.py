@@ -4,7 +4,8 @@ The run is ``streamreason train`` itself, started as a subprocess, while this te
 from outside and breaks things the way a shared cluster does:
 
 - 10% of the train rows name corrupt videos (random bytes, an empty file, a truncated file, noise
-  over the middle of the file, a missing file), and a few lines of the JSONL are malformed;
+  over the middle of the file; missing files are tested in tests/envs), and a few lines of the
+  JSONL are malformed;
 - a custom reward (weight 0) crashes on every trajectory of two rows (``rewards.on_error=skip``);
 - the trainer and everything it started are SIGKILLed mid-step (a preempted node), then the run is
   resumed with ``--resume``;
@@ -54,17 +55,15 @@ FLAKY_ROWS = ("synth-000005", "synth-000006")  # the custom reward crashes on th
 
 
 def _corrupt(videos: list[Path], rng: np.random.Generator) -> list[str]:
-    """Damage ``videos`` in place, one way each; returns the kinds (a missing file among them)."""
+    """Damage ``videos`` in place, one way each, in turn; returns the kinds."""
     kinds = []
     for i, path in enumerate(videos):
         data = path.read_bytes()
-        kind = ("random-bytes", "empty", "truncated", "noise-in-middle", "missing")[i % 5]
-        if kind == "missing":
-            path.unlink()
-        else:
-            third = len(data) // 3
-            path.write_bytes({"random-bytes": rng.bytes(len(data)), "empty": b"", "truncated": data[:third * 2],
-                              "noise-in-middle": data[:third] + rng.bytes(third) + data[2 * third:]}[kind])  # fmt: skip
+        third = len(data) // 3
+        damaged = {"random-bytes": rng.bytes(len(data)), "empty": b"", "truncated": data[: third * 2],
+                   "noise-in-middle": data[:third] + rng.bytes(third) + data[2 * third :]}  # fmt: skip
+        kind = list(damaged)[i % len(damaged)]
+        path.write_bytes(damaged[kind])
         kinds.append(kind)
     return kinds
 
