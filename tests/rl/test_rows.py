@@ -143,18 +143,25 @@ def test_learner_options_train_the_right_parameters(setup, optim):
         assert any(".visual." in n for n in changed) and any("language_model" in n for n in changed)
 
 
+def _short_rollout(setup, rows, evict_block):
+    """G = 2 trajectories of 8-token turns per row, window 3, with the tiny model (seed 0)."""
+    model, processor, encoder, _ = setup
+    cfg = RolloutConfig(env=ENV, memory=MemoryConfig(window_chunks=3, evict_block=evict_block),
+                        protocol=ProtocolConfig(think_budget=4, max_new_tokens=8), group_size=2)  # fmt: skip
+    with EnvPool(ENV, in_process=True) as pool:
+        trajs, _ = run_rollouts(rows, pool=pool, engine=TransformersEngine(model, processor.tokenizer, seed=0),
+                                encoder=encoder, cfg=cfg)  # fmt: skip
+    return trajs
+
+
 @pytest.mark.parametrize("update", ["grpo", "sft"])
 def test_shared_vision_features_give_the_same_update(setup, update):
     """The tower once per distinct chunk (VisionCache) against the tower in every row's forward:
     same log-probs, same gradients on every parameter (vision tower included), same metrics."""
     import copy
 
-    model, processor, encoder, rows = setup
-    cfg = RolloutConfig(env=ENV, memory=MemoryConfig(window_chunks=3, evict_block=1),
-                        protocol=ProtocolConfig(think_budget=4, max_new_tokens=8), group_size=2)  # fmt: skip
-    with EnvPool(ENV, in_process=True) as pool:
-        trajs, _ = run_rollouts(rows[:2], pool=pool, engine=TransformersEngine(model, processor.tokenizer, seed=0),
-                                encoder=encoder, cfg=cfg)  # fmt: skip
+    model, processor, _, rows = setup
+    trajs = _short_rollout(setup, rows[:2], evict_block=1)
     train = build_rows(trajs, advantages=[1.0, -1.0, 0.5, -0.5])
     chunks = [v for r in train for v in r.videos]
     assert len({id(v) for v in chunks}) < len(chunks) / 3  # rows and trajectories share chunks
@@ -187,12 +194,8 @@ def test_a_nonfinite_loss_skips_the_update_and_is_counted(setup):
     and optimizer state stay as they were, and the next finite update trains."""
     import copy
 
-    model, processor, encoder, rows = setup
-    cfg = RolloutConfig(env=ENV, memory=MemoryConfig(window_chunks=3, evict_block=2),
-                        protocol=ProtocolConfig(think_budget=4, max_new_tokens=8), group_size=2)  # fmt: skip
-    with EnvPool(ENV, in_process=True) as pool:
-        trajs, _ = run_rollouts(rows[:1], pool=pool, engine=TransformersEngine(model, processor.tokenizer, seed=0),
-                                encoder=encoder, cfg=cfg)  # fmt: skip
+    model, processor, _, rows = setup
+    trajs = _short_rollout(setup, rows[:1], evict_block=2)
     learner = Learner(copy.deepcopy(model), OptimConfig(lr=1e-3, warmup_ratio=0), GRPOConfig(mini_batches=1),
                       total_steps=4, pad_id=processor.tokenizer.pad_token_id)  # fmt: skip
     before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
