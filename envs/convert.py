@@ -24,6 +24,7 @@ fatal: their rows are still written unless ``skip_missing``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamreason.errors import RowError
-from streamreason.types import Query, StreamRow
+from streamreason.errors import ConfigError, RowError
+from streamreason.types import Query, StreamRow, json_line
 
 # An entry reader yields, per source entry, (locator, rows) or (locator, RowError).
 Reader = Callable[[Path], Iterator[tuple[str, "list[StreamRow] | RowError"]]]
@@ -40,7 +41,11 @@ Reader = Callable[[Path], Iterator[tuple[str, "list[StreamRow] | RowError"]]]
 
 def video_under(root: Path, path: str) -> str:
     """``path`` (as a dataset names it, e.g. ``./videos/x.mp4``) resolved under ``root``;
-    absolute paths are kept."""
+    absolute paths are kept.
+
+    Raises:
+        ValueError: ``path`` holds a NUL or a lone surrogate (no file system accepts it).
+    """
     p = Path(path)
     return str(p if p.is_absolute() else (root / p).resolve())
 
@@ -49,26 +54,32 @@ def read_json(path: str | Path) -> Any:
     """A whole JSON file (a benchmark's annotations or result file).
 
     Raises:
-        FileNotFoundError: no such file.
-        RowError: not valid JSON, naming the file and the line.
+        RowError: naming the file: no such file (``where`` is the path as given), not UTF-8, or
+            not valid JSON (naming the line).
     """
     path = Path(path)
+    if not path.is_file():
+        raise RowError(str(path), "no such file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RowError(path.name, f"not UTF-8 text (byte {e.start + 1})") from None
     except json.JSONDecodeError as e:
         raise RowError(path.name, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # an integer over the digit limit, nesting too deep
+        raise RowError(path.name, f"not valid JSON ({e})") from None
 
 
 def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # a non-UTF-8 line is one bad entry
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path.name}:{i}"
             try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, RowError(where, f"not valid JSON ({e.msg} at column {e.colno})")
+                yield where, json_line(line, where)
+            except RowError as e:
+                yield where, e
 
 
 def _thinkstream(path: Path, need_thoughts: bool) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
@@ -86,7 +97,8 @@ def _thinkstream(path: Path, need_thoughts: bool) -> Iterator[tuple[str, list[St
             yield where, e
             continue
         if row.task is None:  # ThinkStream's released rows carry their category here
-            row.task = row.meta.get("interaction_mode") or row.meta.get("response_format")
+            category = row.meta.get("interaction_mode") or row.meta.get("response_format")
+            row.task = category if isinstance(category, str) else None  # a task is a string
         yield where, [row]
 
 
@@ -131,15 +143,26 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
                 raise RowError(where, "missing 'video_context' (the video path)")
             if not isinstance(prompt, str) or not prompt.strip():
                 raise RowError(where, "missing 'prompt' (the problem text)")
-            gt = (d.get("reward_model") or {}).get("ground_truth")
+            reward_model = d.get("reward_model") or {}
+            if not isinstance(reward_model, dict):
+                raise RowError(where, f"'reward_model' must be a struct, got {type(reward_model).__name__}")
+            gt = reward_model.get("ground_truth")
             gt = gt[0] if isinstance(gt, list) and gt else gt
             if not isinstance(gt, str) or not gt.strip():
                 raise RowError(where, "missing 'reward_model.ground_truth'")
             extra = d.get("extra_info") or {}
+            if not isinstance(extra, dict):
+                raise RowError(where, f"'extra_info' must be a struct, got {type(extra).__name__}")
             duration = extra.get("duration")
-            if not isinstance(duration, (int, float)) or not duration > 0:
+            if (
+                not isinstance(duration, (int, float))
+                or isinstance(duration, bool)
+                or not 0 < duration < math.inf
+            ):
                 raise RowError(where, f"'extra_info.duration' must be > 0 seconds, got {duration!r}")
             source = d.get("data_source")
+            if source is not None and not isinstance(source, str):
+                raise RowError(where, f"'data_source' must be a string, got {type(source).__name__}")
             kind = _VST_KINDS.get(source)
             answer = parse_answer(gt, kind) if kind else gt.strip()
             if answer is None:
@@ -196,30 +219,31 @@ def read_source(fmt: str, src: str | Path, video_root: str | Path | None = None)
     ``video_root`` (default: ``src``'s folder) and checking that they exist.
 
     Raises:
-        ValueError: unknown ``fmt``.
-        FileNotFoundError: ``src`` does not exist.
-        RowError: ``src`` as a whole cannot be read (not JSON / not parquet / wrong top level).
+        ConfigError: unknown ``fmt`` (the message lists the formats).
+        RowError: ``src`` does not exist (``where`` is the path as given, reason ``"no such
+            file"``), or as a whole cannot be read (not JSON / not parquet / wrong top level).
     """
     readers = _readers()
     if fmt not in readers:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     src = Path(src)
     if not src.is_file():
-        raise FileNotFoundError(f"{src}: no such file")
+        raise RowError(str(src), "no such file")
     root = Path(video_root) if video_root is not None else src.parent
     report = ConvertReport()
     rows_per: Counter[str] = Counter()
     queries_per: Counter[str] = Counter()
     exists: dict[str, bool] = {}
-    for _, got in readers[fmt](src):
+    for where, got in readers[fmt](src):
         report.entries += 1
+        if isinstance(got, list):
+            got = _resolve_videos(got, root, where)
         if isinstance(got, RowError):
             report.errors.append(got)
             continue
         for row in got:
-            row.video_path = video_under(root, row.video_path)
             if row.video_path not in exists:
-                exists[row.video_path] = Path(row.video_path).is_file()
+                exists[row.video_path] = _is_file(row.video_path)
             if not exists[row.video_path]:
                 report.missing_videos.append((row.id, row.video_path))
             task = row.task or "-"
@@ -228,6 +252,27 @@ def read_source(fmt: str, src: str | Path, video_root: str | Path | None = None)
             report.rows.append(row)
     report.per_task = {t: [rows_per[t], queries_per[t]] for t in sorted(rows_per)}
     return report
+
+
+def _resolve_videos(rows: list[StreamRow], root: Path, where: str) -> list[StreamRow] | RowError:
+    """``rows`` with their videos resolved under ``root`` (:func:`video_under`), or a RowError
+    naming ``where`` and the first video path that no file system accepts."""
+    paths = []
+    for row in rows:
+        try:
+            paths.append(video_under(root, row.video_path))
+        except ValueError as e:
+            return RowError(where, f"video path {row.video_path!r} is not a file name ({e}); fix the entry")
+    for row, path in zip(rows, paths):
+        row.video_path = path
+    return rows
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except OSError:  # e.g. a name too long for the file system: no such video either
+        return False
 
 
 def convert(fmt: str, src: str | Path, out: str | Path, video_root: str | Path | None = None,
@@ -240,12 +285,17 @@ def convert(fmt: str, src: str | Path, out: str | Path, video_root: str | Path |
 
     Returns:
         the :class:`ConvertReport`.
+
+    Raises:
+        ConfigError, RowError: as :func:`read_source`.
     """
     report = read_source(fmt, src, video_root)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     missing = {rid for rid, _ in report.missing_videos}
-    with open(out, "w", encoding="utf-8") as f:
+    # backslashreplace: a lone surrogate (from a "\\ud800" escape in the source, so inside a JSON
+    # string) is written as that escape again instead of failing the whole file.
+    with open(out, "w", encoding="utf-8", errors="backslashreplace") as f:
         for row in report.rows:
             if not (skip_missing and row.id in missing):
                 f.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
@@ -253,7 +303,7 @@ def convert(fmt: str, src: str | Path, out: str | Path, video_root: str | Path |
                           (".errors.txt", [str(e) for e in report.errors])):  # fmt: skip
         side = out.with_name(out.name + suffix)
         if lines:
-            side.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            side.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="backslashreplace")
         elif side.exists():
             side.unlink()
     return report

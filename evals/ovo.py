@@ -116,7 +116,7 @@ def load_annotations(path: str | Path) -> list[dict]:
     """The annotation list of ``ovo_bench_new.json``.
 
     Raises:
-        RowError: the file is not JSON or not a list of objects.
+        RowError: no such file, or it is not JSON or not a list of objects.
     """
     data = read_json(path)
     if not isinstance(data, list):
@@ -150,11 +150,25 @@ def _check(entry: Any, where: str) -> str:
         for j, p in enumerate(entry["test_info"]):
             if not isinstance(p, dict) or any(k not in p for k in probe_keys[task]):
                 raise RowError(where, f"test_info[{j}] needs {probe_keys[task]}")
+            if not _is_time(p["realtime"]):
+                raise RowError(where, f"test_info[{j}].realtime must be seconds >= 0, got {p['realtime']!r}")
         if not entry["test_info"]:
             raise RowError(where, "empty test_info")
+    elif not _is_time(entry["realtime"]):
+        raise RowError(where, f"realtime must be seconds >= 0, got {entry['realtime']!r}")
     elif not 0 <= entry["gt"] < len(entry["options"]):
         raise RowError(where, f"gt {entry['gt']} is not an index of the {len(entry['options'])} options")
     return task
+
+
+def _is_time(v: Any) -> bool:
+    """A finite number of seconds >= 0 (not a bool)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return 0 <= float(v) < math.inf
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def entry_rows(entry: dict, where: str) -> list[StreamRow]:

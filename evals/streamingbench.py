@@ -26,6 +26,7 @@ response's chunk (the video seen so far), as the official ``current_time``. Stre
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,15 @@ def parse_timestamp(ts: Any, where: str) -> int:
     """Seconds of a StreamingBench time stamp, as the official code parses it.
 
     Raises:
-        RowError: not a ``"[[HH:]MM:]SS"`` string of integers.
+        RowError: not a ``"[[HH:]MM:]SS"`` string of integers, or negative (or too large for a float).
     """
     try:
-        return sum(int(x) * 60**i for i, x in enumerate(reversed(ts.split(":"))))
+        t = sum(int(x) * 60**i for i, x in enumerate(reversed(ts.split(":"))))
     except (AttributeError, ValueError):
         raise RowError(where, f"time stamp {ts!r} is not 'HH:MM:SS'") from None
+    if not 0 <= t <= sys.float_info.max:
+        raise RowError(where, f"time stamp {ts!r} is not a time in the video (seconds >= 0)")
+    return t
 
 
 def build_prompt(question: dict) -> str:
@@ -80,7 +84,8 @@ def load_questions(path: str | Path) -> list[dict]:
     """The entry list of ``questions_real.json`` / ``questions_proactive.json``.
 
     Raises:
-        RowError: not JSON, or not a list of entries with ``video_path`` and ``questions``.
+        RowError: no such file, not JSON, or not a list of entries with ``video_path`` and
+            ``questions``.
     """
     data = read_json(path)
     if not isinstance(data, list):
@@ -109,14 +114,22 @@ def real_row(question: Any, e: int, q: int, video: str, at: str) -> StreamRow:
         isinstance(question.get(k), str) for k in ("question", "answer")
     ):
         raise RowError(at, "needs 'question' and 'answer' (strings)")
-    if not isinstance(question.get("options"), list) or len(question["options"]) < 4:
-        raise RowError(at, "needs 'options', a list of 4")
+    options = question.get("options")
+    if not isinstance(options, list) or len(options) < 4 or not all(isinstance(o, str) for o in options):
+        raise RowError(at, "needs 'options', a list of 4 strings")
     t = parse_timestamp(question.get("time_stamp"), at)
     meta = {"benchmark": "streamingbench", "entry": e, "question": q}
     query = Query(build_prompt(question), float(t), question["answer"], float(t))
     return StreamRow(
-        f"sb-real-{e}-{q}", video, [query], task=question.get("task_type"), meta=meta, end_s=max(t, 1)
+        f"sb-real-{e}-{q}", video, [query], task=_task_type(question, None, at), meta=meta, end_s=max(t, 1)
     )
+
+
+def _task_type(question: dict, default: str | None, at: str) -> str | None:
+    task = question.get("task_type", default)
+    if task is not None and not isinstance(task, str):
+        raise RowError(at, f"'task_type' must be a string, got {type(task).__name__}")
+    return task
 
 
 def proactive_row(question: Any, e: int, q: int, video: str, at: str) -> StreamRow:
@@ -133,7 +146,7 @@ def proactive_row(question: Any, e: int, q: int, video: str, at: str) -> StreamR
     gt = parse_timestamp(question.get("ground_truth_time_stamp"), at)
     meta = {"benchmark": "streamingbench", "entry": e, "question": q}
     query = Query(question["question"], float(t), question["ground_truth_output"], float(gt))
-    return StreamRow(f"sb-proactive-{e}-{q}", video, [query], task=question.get("task_type", "Proactive Output"),
+    return StreamRow(f"sb-proactive-{e}-{q}", video, [query], task=_task_type(question, "Proactive Output", at),
                      meta=meta, end_s=gt + PROACTIVE_GRACE_S)  # fmt: skip
 
 

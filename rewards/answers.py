@@ -16,7 +16,8 @@ Kinds, and what a response must look like to parse (whole response, surrounding 
 ``"number"``
     A signed integer or decimal (``3``, ``-2``, ``+0.50``, ``.5``) or a number word
     ``zero``..``twenty``, optionally followed by ``.``; canonical form ``str(int)`` for whole
-    numbers, else the shortest float repr (``"0.5"``).
+    numbers, else the shortest float repr (``"0.5"``). A number too large for a float does not
+    parse.
 ``"text"``
     Anything that is not empty after SQuAD normalisation: lowercase, punctuation and the
     articles a/an/the removed, whitespace collapsed.
@@ -30,6 +31,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import re
 import string
 
@@ -81,6 +83,8 @@ def parse_answer(text: str | None, kind: str) -> str | None:
         if m is None:
             return None
         x = float(m.group(1))
+        if not math.isfinite(x):  # too many digits for a float: any two such numbers would be equal
+            return None
         return str(int(x)) if x.is_integer() else repr(x)
     normalised = " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
     return normalised or None

@@ -140,16 +140,36 @@ def _components(
     try:
         value = fn(episode, **params)
     except Exception as e:
-        raise RewardError(name, episode.row_id, f"{type(e).__name__}: {e}") from e
+        raise RewardError(name, episode.row_id, f"{type(e).__name__}: {_text(e, str, limit=None)}") from e
     if isinstance(value, Mapping):
         if "score" not in value:
+            keys = "[" + ", ".join(sorted(_text(k, repr) for k in value)) + "]"
             raise RewardError(
-                name, episode.row_id, f"returned a dict without the required 'score' key: {sorted(value)}"
+                name, episode.row_id, f"returned a dict without the required 'score' key: {keys}"
             )
-        out = {name: value["score"], **{f"{name}/{k}": v for k, v in value.items() if k != "score"}}
+        out = {
+            name: value["score"],
+            **{f"{name}/{_text(k, str, limit=None)}": v for k, v in value.items() if k != "score"},
+        }
     else:
         out = {name: value}
     for key, v in out.items():
-        if not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise RewardError(name, episode.row_id, f"{key} = {v!r} is not a finite number")
+        if not _finite_real(v):
+            raise RewardError(name, episode.row_id, f"{key} = {_text(v, repr)} is not a finite number")
     return {key: float(v) for key, v in out.items()}
+
+
+def _finite_real(v: Any) -> bool:
+    try:
+        return isinstance(v, numbers.Real) and math.isfinite(v)
+    except OverflowError:  # an int (or Fraction) too large for a float
+        return False
+
+
+def _text(v: Any, how: Callable[[Any], str], limit: int | None = 200) -> str:
+    """``how(v)`` (``str`` or ``repr``) cut to ``limit`` characters, for a message; never raises."""
+    try:
+        text = how(v)
+    except Exception as e:  # e.g. an int over Python's digit limit, or a broken __str__
+        return f"<{type(v).__name__}, not printable: {type(e).__name__}>"
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."

@@ -31,7 +31,7 @@ class ParsedTurn:
         think: text inside the think span, or None.
         response: stripped text after ``<response>`` when ``action == "response"``.
         format_ok: the turn matched the protocol's format exactly, end-of-turn included.
-        errors: what was wrong, in words (empty when ``format_ok``).
+        errors: what was wrong, in words (empty exactly when ``format_ok``).
     """
 
     action: str
@@ -94,9 +94,11 @@ class Protocol:
             return ParsedTurn("invalid", None, None, False, (f"turn is {type(text).__name__}, not text",))
         errors: list[str] = []
         action, think, response = self.read(text, errors)
+        if not errors and not self.FORMAT.match(text.strip()):  # read() is lenient about spaces
+            errors.append(f"turn does not match {self.FORMAT.pattern} exactly (no space between tags)")
         if not ended:
             errors.append("turn cut by max_new_tokens before its end-of-turn token")
-        format_ok = ended and not errors and bool(self.FORMAT.match(text.strip()))
+        format_ok = ended and not errors
         return ParsedTurn(action, think, response, format_ok, tuple(errors))
 
     def read(self, text: str, errors: list[str]) -> tuple[str, str | None, str | None]:

@@ -45,10 +45,8 @@ def _cmd_data_convert(args) -> None:
 
     from streamreason.envs.convert import convert
 
-    try:
-        report = convert(args.fmt, args.src, args.out, args.video_root, skip_missing=args.skip_missing)
-    except FileNotFoundError as e:
-        raise StreamReasonError(str(e)) from None
+    # a missing or unreadable source is a RowError naming the file, reported by main()
+    report = convert(args.fmt, args.src, args.out, args.video_root, skip_missing=args.skip_missing)
     table = Table(title=f"{args.src} ({args.fmt}): {report.entries} entries -> {len(report.rows)} streams")
     for col in ("task", "streams", "queries"):
         table.add_column(col, justify="left" if col == "task" else "right")

@@ -24,6 +24,10 @@ from streamreason.rl.sft import SFTConfig
 from streamreason.rl.trainer import DataConfig, TrainerConfig
 from streamreason.rollout.loop import RolloutConfig
 
+# What merging a layer into the schema raises on a bad value: OmegaConf's errors, and an int too
+# large for a float field (OmegaConf re-raises the OverflowError with the key in its text).
+_BAD_VALUE = (OmegaConfBaseException, OverflowError)
+
 
 @dataclass
 class EngineConfig:
@@ -144,8 +148,10 @@ def load_config(
         an instance of ``schema`` (validated by each section's ``__post_init__``).
 
     Raises:
-        ConfigError: unknown key (naming it and the closest valid key), wrong type, bad value,
-            missing or unparsable recipe file.
+        ConfigError: unknown key (naming it and the closest valid key), wrong type or bad value
+            (naming the key, and the override it came from), an override that is not
+            ``key=value`` or whose value is not YAML, a missing or unparsable recipe file, or one
+            that is not a mapping.
     """
     base = OmegaConf.structured(schema)
     layers = []
@@ -153,29 +159,45 @@ def load_config(
         if not Path(path).is_file():
             raise ConfigError(f"recipe {str(path)!r} does not exist")
         try:
-            layers.append(("recipe " + str(path), OmegaConf.load(path)))
+            recipe = OmegaConf.load(path)
         except Exception as e:  # yaml errors come in several types
             raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(recipe, DictConfig):
+            raise ConfigError(f"recipe {str(path)!r} must be a mapping of config keys, not a list")
+        layers.append(("recipe " + str(path), recipe))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
-    if overrides:
-        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        # One layer per override, so that an error names the override it comes from.
+        try:
+            layers.append((f"command line {item!r}", OmegaConf.from_dotlist([item])))
+        except Exception as e:  # the value is not YAML (`k=,`), or OmegaConf rejects the key
+            reason = " ".join(str(e).split())
+            raise ConfigError(f"override {item!r} does not parse ({reason}); quote the value") from None
     cfg = base
     for where, layer in layers:
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except ConfigKeyError as e:
             key = e.full_key or str(e.key)
-            close = difflib.get_close_matches(key, _valid_keys(base), n=1, cutoff=0.5)
+            close = difflib.get_close_matches(
+                key, [k for k in _valid_keys(base) if k != key], n=1, cutoff=0.5
+            )
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {key!r} ({where}){hint}") from None
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"bad value for {e.full_key!r} ({where}): {e.msg}") from None
+        except _BAD_VALUE as e:
+            key = getattr(e, "full_key", None) or _failing_key(cfg, layer)
+            msg = getattr(e, "msg", None) or str(e).splitlines()[0]
+            raise ConfigError(f"bad value for {key!r} ({where}): {msg}") from None
     # A recipe marks what the user must supply with ???; merging keeps the schema's default
     # there, so check the recipe itself against the overrides.
     given = {item.split("=", 1)[0] for item in overrides}
-    missing = sorted(k for _, layer in layers[:1] if path is not None for k in OmegaConf.missing_keys(layer))
+    try:
+        missing = sorted(
+            k for _, layer in layers[:1] if path is not None for k in OmegaConf.missing_keys(layer)
+        )
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve
+        raise ConfigError(f"bad value for {e.full_key!r} (recipe {str(path)}): {e.msg}") from None
     missing = [k for k in missing if k not in given]
     if missing:
         raise ConfigError(f"recipe {str(path)!r} needs {missing}: pass them, e.g. {missing[0]}=...")
@@ -183,8 +205,24 @@ def load_config(
         return OmegaConf.to_object(cfg)
     except StreamReasonError:
         raise
-    except (OmegaConfBaseException, ValueError) as e:
+    except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
+        raise ConfigError(f"bad value for {e.full_key!r}: {e.msg}") from None
+    except ValueError as e:
         raise ConfigError(f"invalid config: {e}") from None
+
+
+def _failing_key(cfg: DictConfig, layer: DictConfig, prefix: str = "") -> str:
+    """The dotted key of ``layer`` that does not merge into ``cfg``, as deep as it goes
+    (OmegaConf leaves ``full_key`` empty when a section is replaced by a value of the wrong type)."""
+    for key in layer:
+        try:
+            OmegaConf.merge(cfg, OmegaConf.masked_copy(layer, [key]))
+        except _BAD_VALUE:
+            mine, theirs = cfg._get_node(key), layer._get_node(key)
+            if isinstance(mine, DictConfig) and isinstance(theirs, DictConfig):
+                return _failing_key(mine, theirs, f"{prefix}{key}.") or f"{prefix}{key}"
+            return f"{prefix}{key}"
+    return ""
 
 
 def to_yaml(cfg) -> str:

@@ -108,8 +108,11 @@ class StreamRow:
                     )
                 q = queries[-1]
                 queries[-1] = Query(q.text, q.time_s, content.strip(), max(t, q.time_s))
+        raw_thoughts = d.get("thoughts") or []
+        if not isinstance(raw_thoughts, list):
+            raise RowError(where, f"'thoughts' must be a list, got {type(raw_thoughts).__name__}")
         thoughts = []
-        for i, th in enumerate(d.get("thoughts") or []):
+        for i, th in enumerate(raw_thoughts):
             if not isinstance(th, dict) or not isinstance(th.get("think"), str):
                 raise RowError(where, f"thoughts[{i}] must be an object with a string 'think'")
             thoughts.append(
@@ -120,13 +123,16 @@ class StreamRow:
             end_s = _seconds(d["video_end"], where, "video_end")
             if not end_s > 0:
                 raise RowError(where, f"video_end must be > 0 seconds, got {d['video_end']!r}")
+        task = d.get("task")
+        if task is not None and not isinstance(task, str):
+            raise RowError(where, f"'task' must be a string, got {type(task).__name__}")
         known = {"id", "video_path", "video", "conversations", "thoughts", "task", "video_end"}
         return cls(
             id=str(d.get("id", where)),
             video_path=video,
             queries=queries,
             thoughts=sorted(thoughts, key=lambda x: x.time_s),
-            task=d.get("task"),
+            task=task,
             meta={k: v for k, v in d.items() if k not in known},
             end_s=end_s,
         )
@@ -155,32 +161,54 @@ def read_rows(path: str | Path) -> tuple[list[StreamRow], list[RowError]]:
 
     Returns:
         ``(rows, errors)``: every parseable row, and one :class:`RowError` (naming
-        ``file:line``) per malformed line. Blank lines are skipped.
+        ``file:line``) per malformed line (not UTF-8, not JSON, not a row). Blank lines are
+        skipped.
 
     Raises:
         FileNotFoundError: the file does not exist.
     """
     path = Path(path)
     rows, errors = [], []
-    with path.open() as f:
+    # surrogateescape: a line that is not UTF-8 is one bad row, not the end of the file.
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                rows.append(StreamRow.from_dict(json.loads(line), where, base_dir=path.parent))
-            except json.JSONDecodeError as e:
-                errors.append(RowError(where, f"not valid JSON ({e.msg} at column {e.colno})"))
+                rows.append(StreamRow.from_dict(json_line(line, where), where, base_dir=path.parent))
             except RowError as e:
                 errors.append(e)
     return rows, errors
+
+
+def json_line(line: str, where: str) -> Any:
+    """One decoded JSONL line, read with ``errors="surrogateescape"``.
+
+    Raises:
+        RowError: naming ``where``: the line is not UTF-8 or not valid JSON (syntax, an
+            integer over Python's digit limit, nesting too deep).
+    """
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RowError(where, f"not UTF-8 text (at column {e.start + 1})") from None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RowError(where, f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise RowError(where, f"not valid JSON ({e})") from None
 
 
 def _seconds(v: Any, where: str, name: str) -> float:
     if isinstance(v, bool):
         raise RowError(where, f"{name} must be seconds or 'HH:MM:SS', got {v!r}")
     if isinstance(v, (int, float)):
-        t = float(v)
+        try:
+            t = float(v)
+        except OverflowError:
+            raise RowError(where, f"{name} must be a finite time >= 0, got an integer too large") from None
     elif isinstance(v, str):
         try:
             parts = [float(p) for p in v.strip().split(":")]

@@ -10,6 +10,7 @@ import pytest
 
 from streamreason.cli import main
 from streamreason.envs.convert import convert, read_source
+from streamreason.errors import ConfigError, RowError
 from streamreason.evals import ovo, streamingbench
 from streamreason.types import read_rows
 
@@ -185,6 +186,16 @@ def test_bad_benchmark_entries_are_named(tmp_path):
                                 "options": ["A. x"] * 4, "time_stamp": "soon"}]}]))  # fmt: skip
     (err,) = read_source("streamingbench-real", src).errors
     assert err.where == "ovo.json[0].questions[0]" and "time stamp 'soon'" in str(err)
-    with pytest.raises(ValueError, match="unknown format 'csv'"):
+    with pytest.raises(ConfigError, match="unknown format 'csv'; expected one of thinkstream, "):
         read_source("csv", src)
+    with pytest.raises(RowError, match="no such file") as missing:
+        read_source("ovo", tmp_path / "nope.json")
+    assert missing.value.where == str(tmp_path / "nope.json")
     assert streamingbench.build_prompt({"question": "q", "options": ["x", "y", "z", "w"]}).count("A. x") == 1
+
+
+def test_data_convert_command_names_a_missing_source(tmp_path, capsys):
+    with pytest.raises(SystemExit) as ended:
+        main(["data", "convert", "--from", "ovo", str(tmp_path / "nope.json"), str(tmp_path / "out.jsonl")])
+    assert ended.value.code == 1
+    assert capsys.readouterr().err.strip() == f"error: row {tmp_path / 'nope.json'}: no such file"
