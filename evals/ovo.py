@@ -256,13 +256,13 @@ def load_results(results_dir: str | Path) -> dict[str, list]:
     in name order.
 
     Raises:
-        FileNotFoundError: the folder does not exist or holds no ``*.json`` file.
-        RowError: a file is not JSON or lacks the ``backward``/``realtime``/``forward`` lists.
+        RowError: the folder does not exist or holds no ``*.json`` file (naming the folder),
+            or a file is not JSON or lacks the ``backward``/``realtime``/``forward`` lists.
     """
     d = Path(results_dir)
     files = sorted(d.glob("*.json")) if d.is_dir() else []
     if not files:
-        raise FileNotFoundError(f"{d}: no OVO-Bench result files (*.json) there")
+        raise RowError(str(d), "no OVO-Bench result files (*.json) there; pass the model's results folder")
     out: dict[str, list] = {"backward": [], "realtime": [], "forward": []}
     for f in files:
         data = read_json(f)

@@ -92,7 +92,7 @@ def test_ovo_bad_result_files_are_named(tmp_path):
     (tmp_path / "a.json").write_text('{"backward": []}')
     with pytest.raises(RowError, match="a.json"):
         ovo.load_results(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no OVO-Bench result files"):
+    with pytest.raises(RowError, match="no OVO-Bench result files"):
         ovo.load_results(tmp_path / "nope")
     bad = {"backward": [], "realtime": [], "forward": [{"id": 7, "task": "REC", "test_info": [{"count": 1}]}]}
     with pytest.raises(RowError, match="id 7"):
