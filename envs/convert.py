@@ -24,7 +24,6 @@ fatal: their rows are still written unless ``skip_missing``.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from streamreason.errors import ConfigError, RowError
-from streamreason.types import Query, StreamRow, json_line
+from streamreason.types import Query, StreamRow, finite_float, json_line
 
 # An entry reader yields, per source entry, (locator, rows) or (locator, RowError).
 Reader = Callable[[Path], Iterator[tuple[str, "list[StreamRow] | RowError"]]]
@@ -153,13 +152,11 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
             extra = d.get("extra_info") or {}
             if not isinstance(extra, dict):
                 raise RowError(where, f"'extra_info' must be a struct, got {type(extra).__name__}")
-            duration = extra.get("duration")
-            if (
-                not isinstance(duration, (int, float))
-                or isinstance(duration, bool)
-                or not 0 < duration < math.inf
-            ):
-                raise RowError(where, f"'extra_info.duration' must be > 0 seconds, got {duration!r}")
+            duration = finite_float(extra.get("duration"))
+            if duration is None or duration <= 0:
+                raise RowError(
+                    where, f"'extra_info.duration' must be > 0 seconds, got {extra.get('duration')!r}"
+                )
             source = d.get("data_source")
             if source is not None and not isinstance(source, str):
                 raise RowError(where, f"'data_source' must be a string, got {type(source).__name__}")
@@ -172,8 +169,8 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
             continue
         rid = str(extra.get("origin_id") or extra.get("index") or f"vst-{i}")
         text = _BOXED_INSTRUCTION.sub("", prompt.strip())
-        q = Query(text=text, time_s=float(duration), answer=answer, answer_time_s=float(duration))
-        meta = {"data_source": source, "duration": float(duration)}
+        q = Query(text=text, time_s=duration, answer=answer, answer_time_s=duration)
+        meta = {"data_source": source, "duration": duration}
         yield where, [StreamRow(id=rid, video_path=video, queries=[q], task=source, meta=meta)]
 
 

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -96,6 +97,16 @@ def _or_error(fn, *args):
 _RemoteEnvWorker = ray.remote(num_cpus=0, max_restarts=-1)(EnvWorker)
 
 
+@dataclass
+class _Env:
+    """What the pool knows of one env: its worker, and what a restart replays (its row and
+    the actions it was stepped with since its reset; None before the reset)."""
+
+    worker: int
+    row: StreamRow
+    actions: list[str] | None = None
+
+
 class EnvPool:
     """Streaming envs spread over ``num_workers`` workers, stepped in batches.
 
@@ -119,15 +130,13 @@ class EnvPool:
             raise ValueError(f"EnvPool: num_workers must be >= 1, got {num_workers}")
         self.in_process = in_process
         self.restarts = 0
-        # env id -> (row, actions since reset; None before the reset): what a restart replays
-        self._log: dict[int, tuple[StreamRow, list[str] | None]] = {}
         if in_process:
             self._workers: list[Any] = [EnvWorker(cfg) for _ in range(num_workers)]
         else:
             if not ray.is_initialized():
                 ray.init(include_dashboard=False)
             self._workers = [_RemoteEnvWorker.remote(cfg) for _ in range(num_workers)]
-        self._worker_of: dict[int, int] = {}
+        self._envs: dict[int, _Env] = {}
         self._next_id = 0
         self._next_worker = 0
 
@@ -148,8 +157,7 @@ class EnvPool:
             self._next_id += copies
             for i in ids:
                 per_worker[w][i] = row
-                self._worker_of[i] = w
-                self._log[i] = (row, None)
+                self._envs[i] = _Env(w, row)
             groups.append(ids)
         self._call("make", {w: (batch,) for w, batch in per_worker.items()})
         return groups
@@ -166,7 +174,7 @@ class EnvPool:
         """
         results = self._batched("reset", env_ids)
         for i in env_ids:
-            self._log[i] = (self._log[i][0], [])
+            self._envs[i].actions = []
         return results
 
     def step(self, env_ids: list[int], actions: list[str]) -> list[tuple | StreamReasonError]:
@@ -184,24 +192,23 @@ class EnvPool:
             raise ValueError(f"EnvPool.step: {len(env_ids)} env ids but {len(actions)} actions")
         results = self._batched("step", env_ids, actions)
         for i, action in zip(env_ids, actions):
-            if self._log[i][1] is not None:
-                self._log[i][1].append(action)
+            self._envs[i].actions.append(action)
         return results
 
     def close(self, env_ids: list[int]) -> None:
         """Close envs and forget their ids."""
         self._call("close", {w: ([env_ids[p] for p in ps],) for w, ps in self._by_worker(env_ids).items()})
         for i in env_ids:
-            del self._worker_of[i], self._log[i]
+            del self._envs[i]
 
     def shutdown(self) -> None:
         """Close every env and stop the workers (Ray itself keeps running)."""
         if self.in_process:
-            self.close(list(self._worker_of))
+            self.close(list(self._envs))
         else:
             for worker in self._workers:
                 ray.kill(worker)
-        self._workers, self._worker_of, self._log = [], {}, {}
+        self._workers, self._envs = [], {}
 
     def kill_worker(self, w: int) -> None:
         """SIGKILL worker ``w``'s process, as the OOM killer or a crash in a decoder would (fault
@@ -224,9 +231,9 @@ class EnvPool:
         """Positions in ``env_ids`` grouped by worker."""
         positions: dict[int, list[int]] = defaultdict(list)
         for p, i in enumerate(env_ids):
-            if i not in self._worker_of:
+            if i not in self._envs:
                 raise KeyError(f"EnvPool: unknown env id {i} (closed or never made)")
-            positions[self._worker_of[i]].append(p)
+            positions[self._envs[i].worker].append(p)
         return positions
 
     def _batched(self, method: str, env_ids: list[int], *columns: list) -> list:
@@ -264,7 +271,7 @@ class EnvPool:
                 come back within ``_RESTART_WAIT_S`` seconds.
         """
         worker = self._workers[w]
-        log = {i: self._log[i] for i, wi in self._worker_of.items() if wi == w}
+        log = {i: (e.row, e.actions) for i, e in self._envs.items() if e.worker == w}
         if method == "make":  # the call that failed was creating these envs
             log = {i: v for i, v in log.items() if i not in args[0]}
         rows = sorted({row.id for row, _ in log.values()})

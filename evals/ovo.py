@@ -35,7 +35,7 @@ from typing import Any
 
 from streamreason.envs.convert import read_json
 from streamreason.errors import RowError
-from streamreason.types import Query, StreamRow
+from streamreason.types import Query, StreamRow, finite_float
 
 BACKWARD_TASKS = ["EPM", "ASI", "HLD"]
 REAL_TIME_TASKS = ["OCR", "ACR", "ATR", "STU", "FPD", "OJR"]
@@ -163,12 +163,8 @@ def _check(entry: Any, where: str) -> str:
 
 def _is_time(v: Any) -> bool:
     """A finite number of seconds >= 0 (not a bool)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return False
-    try:
-        return 0 <= float(v) < math.inf
-    except OverflowError:  # an int too large for a float
-        return False
+    t = finite_float(v)
+    return t is not None and t >= 0
 
 
 def entry_rows(entry: dict, where: str) -> list[StreamRow]:

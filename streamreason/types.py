@@ -201,6 +201,18 @@ def json_line(line: str, where: str) -> Any:
         raise RowError(where, f"not valid JSON ({e})") from None
 
 
+def finite_float(v: Any) -> float | None:
+    """``v`` as a float when it is an int or float (not a bool) with a finite float value; None
+    otherwise (NaN, inf, an int too large for a float, any other type)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        x = float(v)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _seconds(v: Any, where: str, name: str) -> float:
     if isinstance(v, bool):
         raise RowError(where, f"{name} must be seconds or 'HH:MM:SS', got {v!r}")
