@@ -66,6 +66,22 @@ class GRPOConfig:
         ppo_epochs: passes over the rollout batch per training step.
         mini_batches: optimizer steps per epoch; the rows are split into this many mini-batches.
         micro_batch_rows: rows per forward/backward; gradients accumulate within a mini-batch.
+        recompute_old_logprobs: ``auto``, ``true`` or ``false``: the learner recomputes the PPO
+            ratio's old log-probs with the step's weights before its first update, as verl's
+            trainer does (``verl/trainer/ppo/ray_trainer.py``, ``_compute_old_log_prob``), instead
+            of taking the rollout engine's. ``auto`` recomputes unless the engine generates with
+            the learner's own module (the transformers engine in one process: the same weights in
+            the same dtype give the same log-probs); a vLLM engine, an engine in another dtype or
+            with its own copy of the weights, and vLLM's untempered log-probs at T != 1, otherwise
+            make the first ratio mismatch noise that the clip acts on. See
+            :meth:`recomputes_old_logprobs`.
+
+    Loss aggregation, local trainer: ``token-mean`` and ``token-sum`` weight every token alike;
+    the ``seq-mean-*`` modes count each trajectory's rows of a mini-batch as one sequence (a
+    first row packing 20 turns weighs as much per token as the later rows of its trajectory),
+    see :func:`sequence_weights`. The verl backend hands verl one row per sequence, so there
+    ``seq-mean-*`` weight each row as one sequence (verl's ``agg_loss`` has no notion of a
+    trajectory made of several rows).
 
     Raises:
         ConfigError: a value out of range or a name verl does not know, naming the key as ``rl.<field>``.
@@ -85,8 +101,12 @@ class GRPOConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1
     micro_batch_rows: int = 8
+    recompute_old_logprobs: str = "auto"
 
     def __post_init__(self):
+        self.recompute_old_logprobs = str(
+            self.recompute_old_logprobs
+        ).lower()  # YAML true/false arrive as bools
         checks = [
             ("adv_epsilon", self.adv_epsilon > 0, "must be > 0"),
             (
@@ -108,10 +128,26 @@ class GRPOConfig:
             ("ppo_epochs", self.ppo_epochs >= 1, "must be >= 1"),
             ("mini_batches", self.mini_batches >= 1, "must be >= 1"),
             ("micro_batch_rows", self.micro_batch_rows >= 1, "must be >= 1"),
+            (
+                "recompute_old_logprobs",
+                self.recompute_old_logprobs in ("auto", "true", "false"),
+                "must be 'auto', 'true' or 'false'",
+            ),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"rl.{name} {rule}, got {getattr(self, name)!r}")
+
+    def recomputes_old_logprobs(self, engine_is_policy: bool) -> bool:
+        """Whether the learner recomputes old log-probs (``recompute_old_logprobs``).
+
+        Args:
+            engine_is_policy: the rollout engine generates with the learner's own module (so in
+                the learner's dtype); only ``auto`` looks at it.
+        """
+        if self.recompute_old_logprobs == "auto":
+            return not engine_is_policy
+        return self.recompute_old_logprobs == "true"
 
 
 def informative_groups(rewards: torch.Tensor | Sequence[float], group_ids: Sequence[Hashable]) -> np.ndarray:
@@ -179,6 +215,57 @@ def group_advantages(
     return torch.where(torch.as_tensor(informative, device=rewards.device), advantages.squeeze(-1), 0.0)
 
 
+def sequence_weights(
+    loss_tokens: Sequence[int],
+    trajectories: Sequence[Hashable],
+    mode: str,
+    num_sequences: float | None = None,
+) -> np.ndarray:
+    """Weight of each row's sequence loss when each trajectory's rows count as one sequence.
+
+    verl's ``agg_loss`` (``verl/trainer/ppo/core_algos.py``) treats each row as a sequence:
+    ``seq-mean-token-mean`` is ``(1/R) Σ_r mean_{t∈r} l_t`` over the R rows, so a trajectory cut
+    into several rows (one per eviction block) counts several times, and the turns of a long row
+    weigh less per token than those of a short one. Here trajectory j, with rows r ∈ j holding
+    ``n_r`` loss tokens and ``n_j = Σ_{r∈j} n_r``, is one sequence of T in the mini-batch:
+
+    - ``seq-mean-token-mean``: ``(1/T) Σ_j (1/n_j) Σ_{t∈j} l_t``, i.e. row weight ``n_r / (n_j · T)``
+      on the row's token mean;
+    - ``seq-mean-token-sum`` and ``seq-mean-token-sum-norm``: ``(1/T) Σ_j Σ_{t∈j} l_t`` (the
+      latter then divided by the padded length, as verl does), i.e. row weight ``1 / T`` on the
+      row's token sum.
+
+    Rows with no loss token weigh 0. With one row per trajectory these are verl's own weights.
+
+    Args:
+        loss_tokens: ``[R]`` loss-token count of each row of the mini-batch.
+        trajectories: ``[R]`` the trajectory each row belongs to (any hashable id).
+        mode: a ``seq-mean-*`` mode of :data:`LOSS_AGG_MODES`.
+        num_sequences: T, trajectories with at least one loss token in the whole mini-batch (all
+            ranks; a trajectory's rows are on one rank); None: counted from ``trajectories``.
+
+    Returns:
+        float64 ``[R]`` weights for :func:`policy_loss`'s ``seq_weights``; they sum to
+        (trajectories here) / T for ``seq-mean-token-mean``.
+
+    Raises:
+        ValueError: ``mode`` is not a ``seq-mean-*`` mode, or the lengths differ.
+    """
+    if not mode.startswith("seq-mean"):
+        raise ValueError(f"sequence weights are for the seq-mean-* modes, not {mode!r}")
+    if len(loss_tokens) != len(trajectories):
+        raise ValueError(f"{len(loss_tokens)} token counts but {len(trajectories)} trajectory ids")
+    n = np.asarray(loss_tokens, dtype=np.float64)
+    per_traj: dict[Hashable, float] = defaultdict(float)
+    for j, k in zip(trajectories, n):
+        per_traj[j] += k
+    if num_sequences is None:
+        num_sequences = sum(v > 0 for v in per_traj.values())
+    n_traj = np.array([per_traj[j] for j in trajectories])
+    share = n / np.maximum(n_traj, 1.0) if mode == "seq-mean-token-mean" else (n > 0).astype(np.float64)
+    return share / max(float(num_sequences), 1.0)
+
+
 def policy_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,
@@ -189,7 +276,7 @@ def policy_loss(
     ref_log_prob: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     batch_num_tokens: float | None = None,
-    global_batch_size: float | None = None,
+    seq_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The GRPO loss of one micro-batch, composed as verl's actor loss (``workers/utils/losses.ppo_loss``).
 
@@ -198,12 +285,15 @@ def policy_loss(
     ``max(−A·ρ, −A·clip(ρ, 1 − ε_low, 1 + ε_high))``, capped at ``−c·A`` when A < 0, with
     ρ = exp(log_prob − old_log_prob)) and ``agg`` is verl's ``agg_loss`` in ``cfg.loss_agg_mode``.
 
-    Gradient accumulation: pass the whole mini-batch's totals as ``batch_num_tokens`` and
-    ``global_batch_size`` (verl puts them in the actor config's ``global_batch_info``); then
-    every mode normalises by the mini-batch, and the sum of the micro-batch losses equals the
-    loss of the mini-batch in one piece. Left None, each micro-batch is normalised on its own.
-    ``seq-mean-token-sum-norm`` divides by the padded length ``seq`` of each micro-batch, so it
-    sums exactly only when the micro-batches share one padded length.
+    Gradient accumulation: pass the whole mini-batch's ``batch_num_tokens`` (``token-mean``; verl
+    puts it in the actor config's ``global_batch_info``) or each row's ``seq_weights``
+    (``seq-mean-*``, from :func:`sequence_weights` over the mini-batch); then the sum of the
+    micro-batch losses equals the loss of the mini-batch in one piece. Left None, each
+    micro-batch is normalised on its own, as verl's ``agg_loss`` without global totals.
+    With ``seq_weights`` the loss is ``Σ_r seq_weights[r] · loss(row r alone)``, each row's loss
+    being verl's on that row with a global batch size of 1; a uniform ``1/R`` gives verl's
+    ``seq-mean-*`` over R rows. ``seq-mean-token-sum-norm`` divides by the padded length ``seq``
+    of each micro-batch, so it sums exactly only when the micro-batches share one padded length.
 
     Args:
         log_prob: float32 ``[batch, seq]``, current policy, with grad.
@@ -215,20 +305,22 @@ def policy_loss(
         entropy: float32 ``[batch, seq]``, token entropy of the current policy; logged whenever
             given, in the loss when ``cfg.entropy_coef > 0``.
         batch_num_tokens: masked tokens in the whole mini-batch (``token-mean``).
-        global_batch_size: rows with at least one masked token in the whole mini-batch (``seq-mean-*``).
+        seq_weights: float ``[batch]``, the weight of each row's sequence loss (``seq-mean-*`` only).
 
     Returns:
         ``(loss, metrics)``: scalar loss to backpropagate; ``pg_loss``, ``loss``, ``kl`` (when
         ``ref_log_prob`` is given), ``entropy`` (when ``entropy`` is given) are aggregated like the
         loss, so with mini-batch totals they are this micro-batch's share (sum them over micro-
         batches); ``pg_clipfrac``, ``pg_clipfrac_lower``, ``ppo_kl`` (approx. KL old → new) and any
-        other metric of the verl loss are micro-batch means.
+        other metric of the verl loss are micro-batch token means.
 
     Raises:
-        ValueError: ``cfg.kl_coef > 0`` without ``ref_log_prob``.
+        ValueError: ``cfg.kl_coef > 0`` without ``ref_log_prob``; ``seq_weights`` in a token mode.
     """
     if cfg.kl_coef > 0 and ref_log_prob is None:
         raise ValueError("kl_coef > 0 needs ref_log_prob (log-probs of the reference model)")
+    if seq_weights is not None and not cfg.loss_agg_mode.startswith("seq-mean"):
+        raise ValueError(f"seq_weights apply to the seq-mean-* modes, not {cfg.loss_agg_mode!r}")
     mask = response_mask.bool()
     actor_cfg = ActorConfig(
         strategy="fsdp",  # strategy, rollout_n and the micro-batch size are required, unused by the loss
@@ -239,30 +331,53 @@ def policy_loss(
         clip_ratio_c=cfg.clip_ratio_c,
         loss_agg_mode=cfg.loss_agg_mode,
         policy_loss=PolicyLossConfig(loss_mode=cfg.policy_loss),
-        global_batch_info={"batch_num_tokens": batch_num_tokens, "global_batch_size": global_batch_size},
+        global_batch_info={
+            "batch_num_tokens": batch_num_tokens,
+            "global_batch_size": None if seq_weights is None else 1,
+        },
     )
-
-    def agg(loss_mat: torch.Tensor) -> torch.Tensor:
-        return agg_loss(loss_mat, mask, cfg.loss_agg_mode, **actor_cfg.global_batch_info)
-
-    pg_loss, pg_metrics = get_policy_loss_fn(cfg.policy_loss)(
-        old_log_prob=old_log_prob,
-        log_prob=log_prob,
-        advantages=advantages,
-        response_mask=mask,
-        loss_agg_mode=cfg.loss_agg_mode,
-        config=actor_cfg,
-    )
-    metrics = {k.removeprefix("actor/"): float(v) for k, v in pg_metrics.items()}
-    metrics["pg_loss"] = pg_loss.item()
-    loss = pg_loss
+    pg_fn = get_policy_loss_fn(cfg.policy_loss)
+    # the micro-batch in one piece, or each row alone with its weight (and its share of the tokens
+    # for the verl metrics, which are token means)
+    if seq_weights is None:
+        pieces = [(slice(None), 1.0, 1.0)]
+    else:
+        total = max(float(mask.sum()), 1.0)
+        pieces = [
+            (slice(j, j + 1), float(w), float(mask[j].sum()) / total)
+            for j, w in enumerate(seq_weights.tolist())
+        ]
+    loss = log_prob.new_zeros(())
+    terms = {"pg_loss": 0.0, "kl": 0.0, "entropy": 0.0}
+    metrics: dict[str, float] = {}
+    for rows, weight, share in pieces:
+        m = mask[rows]
+        pg_loss, pg_metrics = pg_fn(
+            old_log_prob=old_log_prob[rows],
+            log_prob=log_prob[rows],
+            advantages=advantages[rows],
+            response_mask=m,
+            loss_agg_mode=cfg.loss_agg_mode,
+            config=actor_cfg,
+        )
+        for k, v in pg_metrics.items():
+            metrics[k.removeprefix("actor/")] = metrics.get(k.removeprefix("actor/"), 0.0) + share * float(v)
+        piece = pg_loss
+        terms["pg_loss"] += weight * pg_loss.item()
+        if ref_log_prob is not None:
+            kl = agg_loss(kl_penalty(log_prob[rows], ref_log_prob[rows], cfg.kl_estimator), m, cfg.loss_agg_mode,
+                          **actor_cfg.global_batch_info)  # fmt: skip
+            piece = piece + cfg.kl_coef * kl
+            terms["kl"] += weight * kl.item()
+        if entropy is not None:
+            entropy_loss = agg_loss(entropy[rows], m, cfg.loss_agg_mode, **actor_cfg.global_batch_info)
+            piece = piece - cfg.entropy_coef * entropy_loss
+            terms["entropy"] += weight * entropy_loss.item()
+        loss = loss + weight * piece
+    metrics["pg_loss"] = terms["pg_loss"]
     if ref_log_prob is not None:
-        kl = agg(kl_penalty(log_prob, ref_log_prob, cfg.kl_estimator))
-        loss = loss + cfg.kl_coef * kl
-        metrics["kl"] = kl.item()
+        metrics["kl"] = terms["kl"]
     if entropy is not None:
-        entropy_loss = agg(entropy)
-        loss = loss - cfg.entropy_coef * entropy_loss
-        metrics["entropy"] = entropy_loss.item()
+        metrics["entropy"] = terms["entropy"]
     metrics["loss"] = loss.item()
     return loss, metrics

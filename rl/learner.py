@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
+from verl.utils.debug.metrics import calculate_log_prob_diff
 from verl.utils.torch_functional import entropy_from_logits
 
 from streamreason.errors import ConfigError
-from streamreason.rl.grpo import GRPOConfig, policy_loss
+from streamreason.rl.grpo import GRPOConfig, policy_loss, sequence_weights
 from streamreason.rl.rows import TrainRow, collate
 
 
@@ -113,13 +114,19 @@ class Learner:
             output to every row that holds the chunk (:class:`VisionCache`). Exact; off runs
             the tower on every row's chunks, as the model's own forward does. Used in one
             process only: under FSDP the tower runs inside each row's forward.
+        engine_is_policy: the rows' log-probs come from this learner's own module (the
+            transformers engine generating with it, as the trainer sets up in one process); with
+            ``rl.recompute_old_logprobs=auto`` the old log-probs are then the rollout's, otherwise
+            recomputed (:meth:`grpo_update`). The trainer passes False for vLLM and under torchrun.
     """
 
     def __init__(self, model, optim: OptimConfig, grpo: GRPOConfig, total_steps: int, pad_id: int,
-                 temperature: float = 1.0, ref_model=None, share_vision: bool = True):  # fmt: skip
+                 temperature: float = 1.0, ref_model=None, share_vision: bool = True,
+                 engine_is_policy: bool = True):  # fmt: skip
         from transformers import get_scheduler
 
         self.grpo, self.optim_cfg, self.pad_id = grpo, optim, pad_id
+        self.recompute_old_logprobs = grpo.recomputes_old_logprobs(engine_is_policy)
         self.temperature = temperature if temperature > 0 else 1.0
         self.rank, self.world_size = world()
         self.device = next(model.parameters()).device
@@ -244,38 +251,72 @@ class Learner:
     ) -> dict[str, float]:
         """``ppo_epochs`` × ``mini_batches`` optimizer steps of the clipped policy loss (verl).
 
-        Rows are shuffled with torch's generator (checkpointed RNG) each epoch. Old log-probs
-        are the rollout's (equal to the learner's on the same weights, test_rows).
+        Rows are shuffled with torch's generator (checkpointed RNG) each epoch. The old
+        log-probs, the PPO ratio's denominator, are the rollout's (``TrainRow.old_logprobs``), or
+        with ``recompute_old_logprobs`` the learner's own on the current weights, computed
+        without grad before the first update as verl's ``compute_log_prob``
+        (``verl/workers/actor/dp_actor.py``) does, each epoch-0 mini-batch in the micro-batches
+        and vision-feature groups its update then runs, so that the first mini-batch's ratios
+        are exactly 1. The rows keep the rollout's log-probs.
+
+        In the ``seq-mean-*`` loss modes each trajectory's rows of a mini-batch count as one
+        sequence (:func:`~streamreason.rl.grpo.sequence_weights`).
 
         Returns:
             Means over micro-batches of the loss metrics, plus ``grad_norm`` and ``lr``, and
             ``skipped_nonfinite``: how many of the optimizer steps were skipped for a NaN or
-            inf loss or gradient (:meth:`_step`).
+            inf loss or gradient (:meth:`_step`). When recomputing, also verl's
+            ``rollout_probs_diff_{max,mean,std}`` (``verl/utils/debug/metrics.py``,
+            ``calculate_debug_metrics``): ``|exp(rollout log-prob) − exp(recomputed)|`` over the
+            loss tokens of all ranks.
         """
         if ref_logprobs is not None:
             for r, ref in zip(rows, ref_logprobs):
                 r.ref_logprobs = ref
-        self.model.train()
+        epochs = [
+            [
+                [rows[i] for i in mb]
+                for mb in np.array_split(torch.randperm(len(rows)).numpy(), self.grpo.mini_batches)
+            ]
+            for _ in range(self.grpo.ppo_epochs)
+        ]
         sums: dict[str, list[float]] = {}
-        for _ in range(self.grpo.ppo_epochs):
-            order = torch.randperm(len(rows)).tolist()
-            for mb in np.array_split(np.array(order, dtype=np.int64), self.grpo.mini_batches):
-                mini = [rows[i] for i in mb]
+        old_of: dict[int, np.ndarray] = {}
+        if self.recompute_old_logprobs:
+            for mini in epochs[0]:
+                old_of.update(zip(map(id, mini), self.logprobs(mini)))
+            sums.update({k: [v] for k, v in self._rollout_mismatch(rows, old_of).items()})
+        seq_mode = self.grpo.loss_agg_mode.startswith("seq-mean")
+        self.model.train()
+        for minis in epochs:
+            for mini in minis:
                 tokens = _all_reduce(float(sum(r.num_loss_tokens for r in mini)))
-                seqs = _all_reduce(float(sum(r.num_loss_tokens > 0 for r in mini)))
+                weight_of: dict[int, float] = {}
+                if seq_mode:
+                    trajs = _all_reduce(float(len({r.traj_index for r in mini if r.num_loss_tokens > 0})))
+                    w = sequence_weights([r.num_loss_tokens for r in mini], [r.traj_index for r in mini],
+                                         self.grpo.loss_agg_mode, trajs)  # fmt: skip
+                    weight_of = dict(zip(map(id, mini), w.tolist()))
                 mini_metrics: dict[str, list[float]] = {}
                 finite = True
                 micros = self._micro_batches(mini)
                 vision = self._vision(self.model, [r for m, _ in micros for r in m], grad=True)
-                for micro, _ in micros:
+                for micro, real in micros:
                     batch, logp, ent = self._forward(self.model, micro, vision, entropy=True)
                     dev = {k: batch[k].to(self.device) for k in ("old_logprobs", "advantages", "loss_mask")}
+                    if old_of and real:
+                        dev["old_logprobs"] = _shifted([old_of[id(r)] for r in micro], logp.shape).to(
+                            self.device
+                        )
                     ref = None
                     if self.ref_model is not None:
                         ref = _shifted([r.ref_logprobs for r in micro], logp.shape).to(self.device)
+                    seq_w = None
+                    if seq_mode:
+                        seq_w = torch.tensor([weight_of.get(id(r), 0.0) if real else 0.0 for r in micro])
                     loss, metrics = policy_loss(
                         logp, dev["old_logprobs"], dev["advantages"], dev["loss_mask"], self.grpo,
-                        ref_log_prob=ref, entropy=ent, batch_num_tokens=tokens, global_batch_size=seqs,
+                        ref_log_prob=ref, entropy=ent, batch_num_tokens=tokens, seq_weights=seq_w,
                     )  # fmt: skip
                     finite = finite and bool(torch.isfinite(loss))
                     (loss * self.world_size).backward()  # FSDP averages gradients over ranks (verl's dp_size)
@@ -292,6 +333,26 @@ class Learner:
                 for k, v in self._step(finite).items():
                     sums.setdefault(k, []).append(v)
         return {k: float(np.sum(v) if k == "skipped_nonfinite" else np.mean(v)) for k, v in sums.items()}
+
+    def _rollout_mismatch(self, rows: list[TrainRow], old_of: dict[int, np.ndarray]) -> dict[str, float]:
+        """verl's ``rollout_probs_diff_{max,mean,std}`` between the rows' rollout log-probs and
+        the recomputed ones ``old_of`` (by row identity), over every rank's loss tokens."""
+        mask = [r.loss_mask > 0 for r in rows]
+        rollout = torch.from_numpy(np.concatenate([r.old_logprobs[m] for r, m in zip(rows, mask)] or [[]]))
+        actor = torch.from_numpy(np.concatenate([old_of[id(r)][m] for r, m in zip(rows, mask)] or [[]]))
+        diff = calculate_log_prob_diff(
+            actor.double().exp(), rollout.double().exp(), torch.ones_like(actor).bool()
+        )
+        n = _all_reduce(float(len(diff)))
+        if n == 0:
+            return {}
+        mean = _all_reduce(float(diff.sum())) / n
+        sq = _all_reduce(float((diff**2).sum()))
+        return {
+            "rollout_probs_diff_max": _all_reduce(float(diff.max()) if len(diff) else 0.0, dist.ReduceOp.MAX),
+            "rollout_probs_diff_mean": mean,
+            "rollout_probs_diff_std": math.sqrt(max(sq - n * mean**2, 0.0) / max(n - 1, 1.0)),
+        }
 
     def sft_update(
         self, rows: list[TrainRow], balance: bool = True, focal_gamma: float = 0.0
@@ -341,6 +402,15 @@ class Learner:
         metrics = {"loss": _all_reduce(loss_sum), "decision_acc": hits / max(n_dec, 1)}
         metrics.update(self._step(math.isfinite(loss_sum)))
         return metrics
+
+    def schedule_to(self, update: int) -> None:
+        """Set the learning-rate schedule to optimizer update ``update`` (0-based), so the next
+        :meth:`_step` uses the schedule's value there, whatever happened before (a GRPO step with
+        nothing to train on runs no update but its index still passes)."""
+        self.scheduler.last_epoch = update - 1
+        with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
 
     def _step(self, loss_finite: bool = True) -> dict[str, float]:
         """Clip and apply the accumulated gradients, unless the loss (on any rank) or the

@@ -172,9 +172,12 @@ class LocalTrainer:
         if lr is not None:
             optim.lr = lr
         pad = self.processor.tokenizer.pad_token_id
+        # one process, transformers engine: it generates with the learner's module, in its dtype
+        engine_is_policy = self.world_size == 1 and hasattr(self.engine, "model")
         learner = Learner(self.policy_model, optim, self.cfg.rl, total_steps, pad,
-                          temperature=self.cfg.rollout.sampling.temperature, ref_model=self.ref_model)  # fmt: skip
-        if self.world_size == 1 and hasattr(self.engine, "model"):
+                          temperature=self.cfg.rollout.sampling.temperature, ref_model=self.ref_model,
+                          engine_is_policy=engine_is_policy)  # fmt: skip
+        if engine_is_policy:
             self.engine.model = learner.model  # LoRA wraps the model: generate with the adapters
         return learner
 
@@ -243,6 +246,7 @@ class LocalTrainer:
         for step in bar:
             t0 = time.perf_counter()
             batch = [train_rows[i] for i in sampler.take(tc.rows_per_step)]
+            learner.schedule_to(step * updates_per_step)  # a step that trains on nothing still moves the LR
             metrics = self._grpo_step(learner, self._shard(batch))
             metrics["rows_malformed"] = float(bad_train)
             metrics["step_time_s"] = time.perf_counter() - t0

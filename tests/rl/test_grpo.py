@@ -22,6 +22,7 @@ from streamreason.rl.grpo import (
     group_advantages,
     informative_groups,
     policy_loss,
+    sequence_weights,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -138,13 +139,72 @@ def test_micro_batch_losses_sum_to_mini_batch_loss(mode):
     new, old, ref, adv, mask, entropy = _batch()
     cfg = GRPOConfig(loss_agg_mode=mode, kl_coef=0.1, entropy_coef=0.01)
     whole, whole_metrics = policy_loss(new, old, adv, mask, cfg, ref_log_prob=ref, entropy=entropy)
-    totals = {"batch_num_tokens": mask.sum().item(), "global_batch_size": mask.any(-1).sum().item()}
+    seq = mode.startswith("seq-mean")
+    # uniform weights over the rows that hold loss tokens: verl's own seq-mean over the rows
+    weights = mask.any(-1).double() / mask.any(-1).sum()
     parts = [
-        policy_loss(new[s], old[s], adv[s], mask[s], cfg, ref_log_prob=ref[s], entropy=entropy[s], **totals)
+        policy_loss(
+            new[s],
+            old[s],
+            adv[s],
+            mask[s],
+            cfg,
+            ref_log_prob=ref[s],
+            entropy=entropy[s],
+            batch_num_tokens=mask.sum().item(),
+            seq_weights=weights[s] if seq else None,
+        )  # fmt: skip
         for s in (slice(0, 2), slice(2, 4), slice(4, 6))
     ]
     torch.testing.assert_close(sum(loss for loss, _ in parts), whole)
     assert sum(m["loss"] for _, m in parts) == pytest.approx(whole_metrics["loss"])
+
+
+def _two_trajectories():
+    """Trajectory 0 in two rows (6 and 2 loss tokens), trajectory 1 in one row (4 tokens), and
+    the same tokens with trajectory 0's rows joined into one row (the one-sequence oracle)."""
+    g = torch.Generator().manual_seed(1)
+    lens, width = [6, 2, 4], 8
+    old = -2 * torch.rand(3, width, generator=g)
+    new = old + 0.3 * torch.randn(3, width, generator=g)
+    adv = torch.tensor([0.7, 0.7, -1.3])[:, None].expand(3, width).contiguous()
+    mask = torch.arange(width) < torch.tensor(lens)[:, None]
+    joined = [torch.zeros(2, 2 * width) for _ in range(3)]
+    for src, dst in zip((new, old, adv), joined):
+        dst[0, :6], dst[0, 6:8], dst[1, :4] = src[0, :6], src[1, :2], src[2, :4]
+    joined_mask = torch.arange(2 * width) < torch.tensor([8, 4])[:, None]
+    return (new, old, adv, mask), (*joined, joined_mask)
+
+
+def test_sequence_weights_by_hand():
+    # trajectory "a": rows of 6 and 2 tokens (and an empty row), "b": one row of 4; T = 2
+    tokens, trajs = [6, 2, 0, 4], ["a", "a", "a", "b"]
+    mean = sequence_weights(tokens, trajs, "seq-mean-token-mean")
+    np.testing.assert_allclose(mean, [6 / 8 / 2, 2 / 8 / 2, 0, 1 / 2], rtol=0, atol=1e-15)
+    # per token: every token of "a" weighs 1/16, of "b" 1/8; each trajectory weighs 1/2 in all
+    assert mean[0] / 6 == mean[1] / 2 == 1 / 16 and mean[3] / 4 == 1 / 8
+    for mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm"):
+        np.testing.assert_array_equal(sequence_weights(tokens, trajs, mode), [0.5, 0.5, 0, 0.5])
+    np.testing.assert_array_equal(
+        sequence_weights(tokens, trajs, "seq-mean-token-sum", 4), [0.25, 0.25, 0, 0.25]
+    )
+    with pytest.raises(ValueError, match="seq-mean"):
+        sequence_weights(tokens, trajs, "token-mean")
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "seq-mean-token-sum"])
+def test_seq_mean_modes_weight_each_trajectory_as_one_sequence(mode):
+    """The loss of a trajectory cut into rows, with :func:`sequence_weights`, equals verl's loss
+    on the batch where each trajectory is one row; verl's row weighting does not."""
+    (new, old, adv, mask), (j_new, j_old, j_adv, j_mask) = _two_trajectories()
+    cfg = GRPOConfig(loss_agg_mode=mode, clip_ratio_high=0.28)
+    w = torch.from_numpy(sequence_weights(mask.sum(-1).tolist(), [0, 0, 1], mode))
+    ours, _ = policy_loss(new, old, adv, mask, cfg, seq_weights=w)
+    actor = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio_high=0.28)
+    oracle, _ = compute_policy_loss_vanilla(j_old, j_new, j_adv, j_mask, mode, actor)
+    torch.testing.assert_close(ours, oracle, rtol=1e-6, atol=1e-7)
+    per_row, _ = policy_loss(new, old, adv, mask, cfg)  # verl's weighting: three sequences
+    assert abs(per_row.item() - oracle.item()) > 1e-3
 
 
 def test_gradient_is_finite_and_zero_on_masked_tokens():
@@ -212,8 +272,20 @@ def test_config_from_omegaconf():
         ("ppo_epochs", 0),
         ("mini_batches", 0),
         ("micro_batch_rows", 0),
+        ("recompute_old_logprobs", "sometimes"),
     ],
 )
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=rf"rl\.{field}\b"):
         GRPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "value, shared, separate", [("auto", False, True), (True, True, True), ("false", False, False)]
+)
+def test_recompute_old_logprobs_resolution(value, shared, separate):
+    cfg = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(GRPOConfig), {"recompute_old_logprobs": value})
+    )
+    assert cfg.recomputes_old_logprobs(engine_is_policy=True) is shared
+    assert cfg.recomputes_old_logprobs(engine_is_policy=False) is separate
