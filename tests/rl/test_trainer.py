@@ -134,3 +134,53 @@ def test_a_crashing_custom_reward_skips_its_trajectories_or_fails_fast(small_ove
     assert failed > 0 and failed % 2 == 0  # whole groups of G = 2: a row's trajectories all fail
     assert done.stderr.count(f"skipped: {reason}") == failed  # each one logged with its reason
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_a_step_without_update_keeps_the_lr_schedule_on_the_step_index(
+    small_overrides, synth_splits, tmp_path
+):
+    """Step 2's rows all fail their reward, so step 2 trains on nothing; steps 3 and 4 still use
+    the cosine schedule's values at their own update indices, straight and after --resume."""
+    import shutil
+
+    import torch
+    from transformers import get_scheduler
+
+    from streamreason.rl.trainer import RowSampler
+    from streamreason.types import read_rows
+
+    rows, _ = read_rows(synth_splits[0])
+    sampler = RowSampler(len(rows), seed=0)
+    sampler.take(2)
+    skipped = sorted(rows[i].id for i in sampler.take(2))
+    gate = tmp_path / "gate.py"
+    gate.write_text(
+        f"def gate(episode):\n    if episode.row_id in {skipped!r}:\n        raise ValueError('gated')\n    return 0.0\n"
+    )
+    run = tmp_path / "lr"
+    base = [*small_overrides, "trainer.steps=4", "trainer.checkpoint_every=2", "optim.schedule=cosine",
+            "optim.warmup_ratio=0.25", f"rewards.custom.gate={gate}:gate"]  # fmt: skip
+    done = _train([*base, f"trainer.run_dir={run}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = _steps(run)
+    assert "lr" not in steps[2] and steps[2]["reward_failed"] == 4  # 2 rows x G = 2, no update
+    # the recipe's schedule over 4 steps x 2 updates (ppo_epochs 1 x mini_batches 2), warmup 2
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=5e-4)
+    schedule = get_scheduler("cosine", opt, num_warmup_steps=2, num_training_steps=8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(schedule.get_last_lr()[0])
+        opt.step()
+        schedule.step()
+    for step in (1, 3, 4):  # a step logs the mean LR of its two updates 2(step-1), 2(step-1)+1
+        assert steps[step]["lr"] == pytest.approx((lrs[2 * step - 2] + lrs[2 * step - 1]) / 2, rel=1e-9), step
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
+    shutil.rmtree(resumed / "final")
+    done = _train([*base, f"trainer.run_dir={resumed}"], "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = _steps(resumed)
+    assert sorted(again) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert again[step]["lr"] == steps[step]["lr"], step
