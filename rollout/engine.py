@@ -3,7 +3,8 @@
 The interface is narrow on purpose, so that a vLLM engine drops in beside the transformers one:
 ``generate(requests, sampling) -> generations``, where a request is a prompt as token ids plus
 its multimodal tensors, and a generation carries the sampled token ids, the log-prob of each
-under the policy and which tokens the think budget forced.
+under the policy and which tokens the :class:`ThinkBudget` forced (the think close tag, the
+end-of-turn token at the last position).
 
 Log-probs are ``log_softmax(logits / temperature)`` of the full distribution (before top-k /
 top-p truncation), the quantity verl's actor recomputes as ``old_log_prob``
@@ -18,6 +19,7 @@ import torch
 
 from streamreason.errors import ConfigError
 from streamreason.rollout.chat import concat_videos, find_subsequence
+from streamreason.rollout.protocol import THINK_BUDGET_COUNTS
 
 
 @dataclass
@@ -40,58 +42,89 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class ThinkBudget:
-    """Force the think span closed after ``budget`` think tokens (ThinkStream, SEEDS.md).
+    """The tokens a turn is forced to: the think close tag once the budget is spent (ThinkStream,
+    SEEDS.md) and, when set, the end-of-turn token at the turn's last position.
+
+    Forcing is a rule on the tokens generated so far, the same for every engine: at position
+    ``i`` (0-based) of a turn of at most ``max_new_tokens`` tokens, given ``generated[:i]``,
+
+    * ``i == max_new_tokens - 1`` and ``end_id`` set: the end-of-turn token (ThinkStream's
+      ``StreamingInferenceEngine.generate``, ``thinkstream/model/inference.py``, forces its eos
+      at step ``max_new_tokens - 1`` so that a cut turn still ends well formed);
+    * else, ``budget > 0`` and no close tag yet: the close tag's ``j``-th token once the count
+      passed the budget by ``j`` tokens. ``counts="span"`` counts the tokens after the open tag
+      (nothing is forced before it: ``budget`` think tokens inside the span); ``"generated"``
+      counts every generated token of the turn, ``<think>`` included, as ThinkStream's
+      ``think_budget_sample`` does (``generated_length >= max_think_tokens`` and no
+      ``</think>`` yet): a budget of 20 leaves 19 tokens inside the span.
 
     Attributes:
-        open_ids: token ids of the think open tag.
-        close_ids: token ids of the think close tag, forced one per step once the budget is spent.
-        budget: think tokens allowed after the open tag (0 disables).
+        open_ids: token ids of the think open tag (one id with the tags as added tokens,
+            ``streamreason.modeling.add_protocol_tokens``).
+        close_ids: token ids of the think close tag, forced one per step.
+        budget: the count at which the close tag is forced (0 disables it).
+        counts: ``"span"`` or ``"generated"`` (above).
+        end_id: the end-of-turn token forced at ``max_new_tokens - 1``, or None.
     """
 
     open_ids: tuple[int, ...]
     close_ids: tuple[int, ...]
     budget: int
+    counts: str = "span"
+    end_id: int | None = None
 
-    def forced(self, generated: list[int]) -> list[bool]:
-        """For each generated position, whether the budget forced it.
+    def __post_init__(self):
+        if self.counts not in THINK_BUDGET_COUNTS:
+            raise ConfigError(
+                f"think budget counts must be one of {THINK_BUDGET_COUNTS}, got {self.counts!r}"
+            )
 
-        Once ``budget`` tokens follow the open tag without the close tag, the next
-        ``len(close_ids)`` positions are forced to the close tag's tokens.
-        """
-        out, n_open, since_open, closed = [], len(self.open_ids), None, False
-        for i in range(len(generated)):
-            forced = not closed and since_open is not None and since_open >= self.budget > 0
-            out.append(forced)
-            if since_open is None:
-                if n_open and tuple(generated[max(0, i + 1 - n_open) : i + 1]) == self.open_ids:
-                    since_open = 0
-            elif not closed:
-                since_open += 1
-                tail = tuple(generated[max(0, i + 1 - len(self.close_ids)) : i + 1])
-                closed = tail == self.close_ids
-        return out
+    @property
+    def active(self) -> bool:
+        """Whether the rule can force any token."""
+        return self.budget > 0 or self.end_id is not None
 
-    def cut(self, generated: list[int]) -> int | None:
-        """Where the budget would have started forcing ``generated`` (sampled without it), or None.
+    def next_forced(self, generated: list[int], max_new_tokens: int) -> int | None:
+        """The token forced at position ``len(generated)``, or None (sampled)."""
+        i = len(generated)
+        if self.end_id is not None and i == max_new_tokens - 1:
+            return self.end_id
+        if self.budget <= 0:
+            return None
+        start = 0
+        if self.counts == "span":
+            at = find_subsequence(generated, self.open_ids)
+            if at < 0:
+                return None
+            start = at + len(self.open_ids)
+        if find_subsequence(generated, self.close_ids, start) >= 0:
+            return None
+        over = i - start - self.budget
+        return None if over < 0 else self.close_ids[min(over, len(self.close_ids) - 1)]
+
+    def forced(self, generated: list[int], max_new_tokens: int) -> list[bool]:
+        """For each generated position, whether the rule forced it."""
+        return [self.next_forced(generated[:i], max_new_tokens) is not None for i in range(len(generated))]
+
+    def cut(self, generated: list[int], max_new_tokens: int, start: int = 0) -> int | None:
+        """The first position at or after ``start`` where the rule would have forced
+        ``generated`` (sampled without it), or None.
 
         An engine that cannot force tokens mid-generation (vLLM) samples freely, keeps
-        ``generated[:cut]``, appends :attr:`close_ids` (forced) and continues sampling after
-        them: the same distribution as forcing at each step (the tokens before ``cut`` are
-        sampled from identical contexts).
+        ``generated[:cut]``, appends the forced tokens and continues sampling after them
+        (:func:`finish_turn`): the same distribution as forcing at each step (the tokens before
+        ``cut`` are sampled from identical contexts).
         """
-        if self.budget <= 0:
+        if not self.active:
             return None
-        return next((i for i, f in enumerate(self.forced(generated)) if f), None)
-
-    def next_forced(self, generated: list[int]) -> int | None:
-        """The token the budget forces at the next step, or None."""
-        if self.budget <= 0:
-            return None
-        forced = self.forced(generated + [-1])
-        if not forced[-1]:
-            return None
-        after = len(generated) - find_subsequence(generated, self.open_ids) - len(self.open_ids)
-        return self.close_ids[min(after - self.budget, len(self.close_ids) - 1)]
+        return next(
+            (
+                i
+                for i in range(start, len(generated))
+                if self.next_forced(generated[:i], max_new_tokens) is not None
+            ),
+            None,
+        )
 
 
 @dataclass
@@ -128,7 +161,7 @@ class Generation:
     Attributes:
         token_ids: generated ids ``[R]``, the end-of-turn token included when generated.
         logprobs: float ``[R]``, log-prob of each token under the temperature-scaled policy.
-        forced: bool ``[R]``, tokens forced by the think budget (not sampled).
+        forced: bool ``[R]``, tokens a :class:`ThinkBudget` forced (not sampled).
         finish_reason: ``"stop"`` (end-of-turn token) or ``"length"`` (max_new_tokens).
         cached_prompt_tokens: prompt tokens whose KV came from the engine's prefix cache
             (vLLM's ``RequestOutput.num_cached_tokens``); None for engines without one.
@@ -160,25 +193,34 @@ def finish_turn(
     token_ids: list[int], logprobs: list[float], end_ids: list[int], budget: ThinkBudget | None,
     max_new_tokens: int, resumed: BudgetCut | None = None,
 ) -> Generation | BudgetCut:  # fmt: skip
-    """A freely sampled turn (or its continuation after ``resumed``) as a :class:`Generation`,
-    or the :class:`BudgetCut` to resume sampling from when it overran the think budget.
+    """A freely sampled turn (or its continuation after ``resumed``) as a :class:`Generation`
+    with the budget's forced tokens, or the :class:`BudgetCut` to resume sampling from.
 
     For engines that cannot force tokens inside their sampler (vLLM, verl's server): sample
-    ``max_new_tokens`` freely; on a cut, sample ``max_new_tokens - len(cut.token_ids)`` more
-    after the prompt plus ``cut.token_ids`` and call again with ``resumed=cut``.
+    ``max_new_tokens`` freely; at the first position the budget forces, the sample is cut and
+    the forced tokens appended (log-prob 0, ``forced``). A forced end-of-turn token ends the
+    turn (``"stop"``); a forced close tag gives a :class:`BudgetCut`: sample
+    ``max_new_tokens - len(cut.token_ids)`` more after the prompt plus ``cut.token_ids`` and
+    call again with the same ``budget`` and ``resumed=cut``.
     """
-    if resumed is None and budget is not None and (at := budget.cut(token_ids)) is not None:
-        close = list(budget.close_ids)
-        cut = BudgetCut(token_ids[:at] + close, logprobs[:at] + [0.0] * len(close),
-                        [False] * at + [True] * len(close))  # fmt: skip
-        if len(cut.token_ids) < max_new_tokens:
-            return cut
-        n = max_new_tokens
-        return Generation(cut.token_ids[:n], cut.logprobs[:n], cut.forced[:n], "length")
     head = resumed or BudgetCut([], [], [])
-    stop = bool(token_ids) and token_ids[-1] in end_ids
-    return Generation(head.token_ids + token_ids, head.logprobs + logprobs,
-                      head.forced + [False] * len(token_ids), "stop" if stop else "length")  # fmt: skip
+    ids, lps, forced = (
+        head.token_ids + token_ids,
+        head.logprobs + logprobs,
+        head.forced + [False] * len(token_ids),
+    )
+    at = None if budget is None else budget.cut(ids, max_new_tokens, start=len(head.token_ids))
+    if at is None:
+        stop = bool(ids) and ids[-1] in end_ids
+        return Generation(ids, lps, forced, "stop" if stop else "length")
+    ids, lps, forced = ids[:at], lps[:at], forced[:at]
+    while len(ids) < max_new_tokens and (token := budget.next_forced(ids, max_new_tokens)) is not None:
+        ids, lps, forced = ids + [token], lps + [0.0], forced + [True]
+        if token in end_ids:
+            return Generation(ids, lps, forced, "stop")
+    if len(ids) >= max_new_tokens:
+        return Generation(ids, lps, forced, "length")
+    return BudgetCut(ids, lps, forced)
 
 
 class Engine:
@@ -241,13 +283,13 @@ def banned_token_ids(tokenizer) -> list[int]:
 class _ThinkBudgetProcessor:
     """transformers LogitsProcessor applying a :class:`ThinkBudget` per row."""
 
-    def __init__(self, budget: ThinkBudget, prompt_len: int):
-        self.budget, self.prompt_len = budget, prompt_len
+    def __init__(self, budget: ThinkBudget, prompt_len: int, max_new_tokens: int):
+        self.budget, self.prompt_len, self.max_new_tokens = budget, prompt_len, max_new_tokens
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.clone()  # generate() keeps the unprocessed tensor as the raw logits
         for row, ids in enumerate(input_ids[:, self.prompt_len :].tolist()):
-            token = self.budget.next_forced(ids)
+            token = self.budget.next_forced(ids, self.max_new_tokens)
             if token is not None:
                 scores[row] = torch.finfo(scores.dtype).min
                 scores[row, token] = 0.0
@@ -298,7 +340,9 @@ class TransformersEngine(Engine):
         mm = {k: v.to(device) for k, v in concat_videos([v for r in requests for v in r.videos]).items()}
         greedy = sampling.temperature <= 0
         processors = (
-            [_ThinkBudgetProcessor(think_budget, width)] if think_budget and think_budget.budget > 0 else []
+            [_ThinkBudgetProcessor(think_budget, width, max_new_tokens)]
+            if think_budget and think_budget.active
+            else []
         )
         res = self.model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), mm_token_type_ids=types.to(device), **mm,
@@ -320,7 +364,7 @@ class TransformersEngine(Engine):
             stop = next((j for j, t in enumerate(toks) if t in self.end_ids), None)
             n = len(toks) if stop is None else stop + 1
             toks = toks[:n]
-            forced = think_budget.forced(toks) if think_budget else [False] * n
+            forced = think_budget.forced(toks, max_new_tokens) if think_budget else [False] * n
             out.append(
                 Generation(toks, logprobs[row, :n].tolist(), forced, "length" if stop is None else "stop")
             )

@@ -160,7 +160,11 @@ class RowFailure:
 
 
 def count_think_tokens(ids: list[int], open_ids: list[int], close_ids: list[int]) -> int:
-    """Tokens strictly between the first think open tag and the close tag (or the end)."""
+    """Tokens strictly between the first think open tag and the close tag (or the end).
+
+    The tags are found by id, so they must be single added tokens (``streamreason.modeling``
+    ``add_protocol_tokens``, checked where a policy is loaded): a BPE that merges a tag with its
+    neighbour (``><`` in ``</think><silent>``) has no fixed ids for it."""
     start = find_subsequence(ids, open_ids)
     if start < 0:
         return 0
@@ -169,9 +173,12 @@ def count_think_tokens(ids: list[int], open_ids: list[int], close_ids: list[int]
 
 
 def think_budget(encoder: ChatEncoder, cfg: RolloutConfig) -> ThinkBudget:
-    """The rollout's :class:`ThinkBudget` in ``encoder``'s token ids."""
+    """The rollout's :class:`ThinkBudget` in ``encoder``'s token ids: ``cfg.protocol``'s budget,
+    what it counts and, with ``force_end_of_turn``, the end-of-turn token."""
     open_ids, close_ids = encoder.think_ids()
-    return ThinkBudget(tuple(open_ids), tuple(close_ids), cfg.protocol.think_budget)
+    p = cfg.protocol
+    end = encoder.end_of_turn_id if p.force_end_of_turn else None
+    return ThinkBudget(tuple(open_ids), tuple(close_ids), p.think_budget, p.think_budget_counts, end)
 
 
 def encode_chunk(encoder: ChatEncoder, obs: dict) -> tuple[list[int], VideoSegment, list[int]]:

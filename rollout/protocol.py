@@ -41,20 +41,50 @@ class ParsedTurn:
     errors: tuple[str, ...] = ()
 
 
+THINK_BUDGET_COUNTS = ("span", "generated")
+"""What the think budget counts (:class:`ProtocolConfig`, ``rollout/engine.py`` ``ThinkBudget``)."""
+
+
 @dataclass
 class ProtocolConfig:
     """Protocol and per-turn generation limits.
 
     Attributes:
         name: registered protocol name.
-        think_budget: think tokens after which ``</think>`` is forced (ThinkStream: 20);
-            0 disables forcing.
+        think_budget: the count at which ``</think>`` is forced (ThinkStream: 20); 0 disables
+            forcing.
+        think_budget_counts: what the budget counts (``rollout/engine.py``, ``ThinkBudget``):
+            ``span``, the tokens after ``<think>`` (the budget is the think span's length; the
+            default), or ``generated``, every token the turn generated, ``<think>`` included, as
+            ThinkStream's ``think_budget_sample`` (``thinkstream/model/inference.py``) does: a
+            budget of 20 leaves 19 tokens inside the span.
+        force_end_of_turn: force the end-of-turn token at position ``max_new_tokens - 1``, as
+            ThinkStream's ``StreamingInferenceEngine.generate`` does, so that a turn cut by the
+            limit still ends (and can be well formed). Off by default: a cut turn then ends with
+            ``finish_reason="length"`` and the format reward marks it.
         max_new_tokens: generated tokens per turn, forced ones included (ThinkStream: 30).
+
+    Raises:
+        ConfigError: ``think_budget`` < 0, ``max_new_tokens`` < 1 or an unknown
+            ``think_budget_counts``.
     """
 
     name: str = "watch_think_speak"
     think_budget: int = 20
+    think_budget_counts: str = "span"
+    force_end_of_turn: bool = False
     max_new_tokens: int = 30
+
+    def __post_init__(self):
+        counts = THINK_BUDGET_COUNTS
+        checks = [
+            ("think_budget", self.think_budget >= 0, "must be >= 0"),
+            ("think_budget_counts", self.think_budget_counts in counts, f"must be one of {list(counts)}"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+        ]
+        for key, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"protocol.{key} {rule}, got {getattr(self, key)!r}")
 
 
 class Protocol:

@@ -21,6 +21,12 @@ The think budget cannot force tokens inside vLLM's sampler, so a turn that overr
 where the budget would have forced the close tag, the close tag is appended (``forced``,
 log-prob 0, masked out of the loss) and sampling continues after it in a second request that
 hits the prefix cache: the same distribution as forcing step by step (:meth:`ThinkBudget.cut`).
+A forced end-of-turn token (ThinkStream's, at ``max_new_tokens - 1``) replaces the sample's
+last token the same way (:func:`finish_turn`).
+
+vLLM reads the vocabulary from the checkpoint folder, so the folder itself must hold the
+protocol tags as single tokens (``streamreason.modeling.require_protocol_tokens``), checked
+before vLLM starts.
 
 Weights are pushed in place between GRPO steps (:meth:`VLLMEngine.update_weights`, vLLM's
 ``load_weights`` through ``collective_rpc``), then the prefix and encoder caches are reset; the
@@ -37,6 +43,7 @@ import numpy as np
 import torch
 
 from streamreason.errors import ConfigError
+from streamreason.modeling import require_protocol_tokens
 from streamreason.rollout.engine import (
     BudgetCut,
     Engine,
@@ -113,7 +120,8 @@ class VLLMEngine(Engine):
             outside ``gpu_memory_utilization``.
 
     Raises:
-        ConfigError: vLLM is not installed, or no CUDA device.
+        ConfigError: the checkpoint's tokenizer lacks the protocol tags (or its model the rows
+            for them), vLLM is not installed, or no CUDA device.
     """
 
     def __init__(
@@ -122,6 +130,7 @@ class VLLMEngine(Engine):
         enable_prefix_caching: bool = True, tensor_parallel_size: int = 1, seed: int = 0,
         load_format: str = "auto", skip_mm_profiling: bool = False,
     ):  # fmt: skip
+        require_protocol_tokens(model_dir)
         if not torch.cuda.is_available():
             raise ConfigError("engine.name=vllm needs a CUDA GPU; use engine.name=transformers on CPU")
         try:
@@ -204,7 +213,9 @@ class VLLMEngine(Engine):
                 [requests[i] for i in redo], tails, sampling, [max_new_tokens - len(t) for t in tails]
             )
             for i, c in zip(redo, second):
-                out[i] = finish_turn(*self._unpack(c), self.end_ids, None, max_new_tokens, resumed=out[i])
+                out[i] = finish_turn(
+                    *self._unpack(c), self.end_ids, think_budget, max_new_tokens, resumed=out[i]
+                )
         for g, n in zip(out, cached, strict=True):  # the turn's prompt, as first sent
             g.cached_prompt_tokens = n
         return out

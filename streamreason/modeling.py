@@ -7,6 +7,13 @@ chat template, and image/video processor configs. It loads with
 ``AutoModelForImageTextToText`` / ``AutoProcessor`` (and by vLLM), so it stands in for a real
 Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory everywhere. Building is deterministic: the same
 arguments give byte-identical weights and tokenizer files.
+
+A real Qwen2.5-VL tokenizer has no protocol tags: standalone ``</think>`` is
+``['</', 'think', '>']`` and inside a turn ``</think><silent>`` pre-tokenizes as
+``['</', 'think', '><', 'silent', '>']``, so the tag has no fixed ids to force or count.
+:func:`load_policy` therefore adds the missing tags as tokens (as ThinkStream does before its SFT)
+and checks that each one is a single id in any context (:func:`check_protocol_tokens`); every
+checkpoint the trainers write (``Learner.export``: model and processor) carries them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ QWEN_SPECIAL_TOKENS = [
 # The watch-think-speak tags (rollout/protocol.py) as single, non-special tokens: they decode as
 # text, so the parser sees them, and the think budget can force `</think>` in one token.
 PROTOCOL_TOKENS = ["<think>", "</think>", "<response>", "<silent>", "<standby>"]
+# The order ThinkStream adds them to a base checkpoint's tokenizer (thinkstream/trainer/sft.py,
+# init_processor), so a checkpoint prepared here gets ThinkStream's ids; <standby> (streamo) last.
+_ADD_ORDER = ["<silent>", "<response>", "<think>", "</think>", "<standby>"]
 
 # ChatML with Qwen-VL's vision placeholders (content items {"type": "video"} / {"type": "image"}).
 CHAT_TEMPLATE = (
@@ -138,15 +148,19 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024):
+def build_tokenizer(vocab_size: int = 1024, protocol_tokens: bool = True):
     """A byte-level BPE tokenizer in Qwen2's format, trained on a fixed corpus.
 
     Args:
         vocab_size: target size of the BPE vocabulary before special and protocol tokens.
+        protocol_tokens: add the protocol tags as tokens. Without them the tokenizer is in a
+            base Qwen2.5-VL tokenizer's situation: the tags are BPE pieces that merge with
+            their neighbours (``</think><silent>`` → ``'</' 'think' '><' 'silent' '>'``).
 
     Returns:
         ``transformers.Qwen2Tokenizer`` with Qwen's special tokens (eos ``<|im_end|>``, pad
-        ``<|endoftext|>``), the protocol tags as added tokens and a ChatML chat template.
+        ``<|endoftext|>``), the protocol tags as added tokens (when ``protocol_tokens``) and a
+        ChatML chat template.
     """
     from tokenizers import Tokenizer, models, trainers
     from transformers import Qwen2Tokenizer
@@ -169,7 +183,8 @@ def build_tokenizer(vocab_size: int = 1024):
         vocab=model["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, extra_special_tokens=QWEN_SPECIAL_TOKENS[1:],
     )  # fmt: skip
-    tokenizer.add_tokens(PROTOCOL_TOKENS)
+    if protocol_tokens:
+        tokenizer.add_tokens(PROTOCOL_TOKENS)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -188,6 +203,7 @@ def build_tiny_model(
     vision_depth: int = 2,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
+    protocol_tokens: bool = True,
 ) -> Path:
     """Write a tiny random-weight policy to ``out_dir`` (deterministic for a seed).
 
@@ -201,6 +217,8 @@ def build_tiny_model(
         vision_hidden_size, vision_depth: vision tower width and blocks (the family's patch
             size: 14 for Qwen2/2.5-VL, 16 for Qwen3-VL; merge 2; temporal patch 2).
         min_pixels, max_pixels: the processors' default per-frame pixel budget.
+        protocol_tokens: give the tokenizer the protocol tags (False: a checkpoint that lacks
+            them, as a base Qwen2.5-VL does, with no spare embedding row for them).
 
     Returns:
         ``out_dir`` as a Path.
@@ -213,7 +231,7 @@ def build_tiny_model(
         raise ValueError(f"arch must be one of {TINY_ARCHS}, got {arch!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(protocol_tokens=protocol_tokens)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     heads = 4
     # mrope splits the rotary half-dim into (temporal, height, width) sections, as 16:24:24 in Qwen2.5-VL.
@@ -348,31 +366,150 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return model_dir
 
 
+def add_protocol_tokens(model, tokenizer, where: str = "the tokenizer") -> list[str]:
+    """Give ``tokenizer`` the protocol tags it lacks, as single tokens, and ``model`` rows for them.
+
+    ThinkStream's rule (``thinkstream/trainer/sft.py``, ``init_processor``): the tags are added
+    with ``tokenizer.add_tokens`` (not special, so they decode as text), in the order
+    ``<silent> <response> <think> </think>`` (Qwen3-VL already has the think tags, so only
+    the first two there); ``<standby>`` (the streamo protocol) comes last. ThinkStream never
+    resizes the model: Qwen2.5-VL's embedding has 151,936 rows for 151,665 tokens, so the new
+    ids fall on spare rows, used as the checkpoint has them. The same happens here; only a model
+    with no spare row left (the tiny built with ``protocol_tokens=False``) is resized, with
+    transformers' default ``resize_token_embeddings(mean_resizing=True)`` (new input and output
+    rows drawn around the old rows' mean; one matrix when tied), under a fixed seed so that every
+    process that loads the checkpoint builds the same rows and the global RNG is left alone.
+
+    Args:
+        model: a ``...ForConditionalGeneration`` model, or None (tokenizer only).
+        tokenizer: its tokenizer, changed in place.
+        where: what to name in errors (the checkpoint folder).
+
+    Returns:
+        The tags added (empty when the tokenizer had them all).
+
+    Raises:
+        ConfigError: a tag is still not one id in every context after adding
+            (:func:`check_protocol_tokens`).
+    """
+    vocab = tokenizer.get_vocab()
+    added = [t for t in _ADD_ORDER if t not in vocab]
+    if added:
+        tokenizer.add_tokens(added)
+    if model is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        cuda = list(range(torch.cuda.device_count()))
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(0)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    check_protocol_tokens(tokenizer, where)
+    return added
+
+
+def check_protocol_tokens(tokenizer, where: str = "the tokenizer") -> None:
+    """Check that every protocol tag encodes to its own single id in any context.
+
+    The think budget and the think-token counts find the tags by id (ThinkStream's
+    ``think_budget_sample`` compares with ``convert_tokens_to_ids("</think>")``), so each tag
+    must be one id standalone, between text and next to every other tag (``</think><silent>``
+    is where a BPE merges ``><``).
+
+    Raises:
+        ConfigError: naming ``where`` and the first tag that is missing or not a single id.
+    """
+    from streamreason.errors import ConfigError
+
+    vocab = tokenizer.get_vocab()
+
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    for tag in PROTOCOL_TOKENS:
+        if tag not in vocab:
+            raise ConfigError(f"{where} has no token {tag!r}: add the protocol tags (add_protocol_tokens)")
+        for other in PROTOCOL_TOKENS:
+            if ids(f"x{tag}{other}y") != ids("x") + [vocab[tag], vocab[other]] + ids("y"):
+                raise ConfigError(
+                    f"{where}: {tag!r} followed by {other!r} does not encode to their two ids "
+                    f"({tokenizer.convert_ids_to_tokens(ids(tag + other))}); the tags must be added tokens"
+                )
+
+
+def require_protocol_tokens(model_dir: str | Path) -> None:
+    """Check that a checkpoint folder itself holds the protocol tags, for engines that load the
+    vocabulary from the folder (vLLM) rather than from :func:`load_policy`.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` is not a folder with a ``config.json``.
+        ConfigError: its tokenizer lacks a tag or splits one, or its model has fewer vocabulary
+            rows than the tokenizer has tokens.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from streamreason.errors import ConfigError
+
+    model_dir = check_model_dir(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    fix = (
+        "vLLM loads the vocabulary from the folder, so the tags must be saved in it first: train "
+        "SFT with engine.name=transformers (its final/ checkpoint has them) or run "
+        f"`python -c \"from streamreason.modeling import add_protocol_tokens_to_checkpoint as f; f('{model_dir}', 'OUT')\"`"
+    )
+    try:
+        check_protocol_tokens(tokenizer, f"checkpoint {str(model_dir)!r}")
+    except ConfigError as e:
+        raise ConfigError(f"{e}; {fix}") from None
+    rows = AutoConfig.from_pretrained(model_dir).get_text_config().vocab_size
+    if rows < len(tokenizer):
+        raise ConfigError(
+            f"checkpoint {str(model_dir)!r}: the model has {rows} vocabulary rows but the tokenizer "
+            f"{len(tokenizer)} tokens; {fix}"
+        )
+
+
 def load_policy(
-    model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    model_dir: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"
 ):
-    """Load a Qwen-VL checkpoint directory and its processor.
+    """Load a Qwen-VL checkpoint directory and its processor, with the protocol tags.
 
     Args:
         model_dir: a folder from :func:`build_tiny_model` or any Hugging Face Qwen2-VL,
             Qwen2.5-VL or Qwen3-VL checkpoint.
-        dtype: parameter dtype.
+        dtype: parameter dtype (``"auto"``: the checkpoint's).
         device: where to put the model.
 
     Returns:
-        ``(model, processor)``; the model is in eval mode.
+        ``(model, processor)``; the model is in eval mode. Tags the checkpoint lacked are added
+        to ``processor.tokenizer`` and the model (:func:`add_protocol_tokens`); saving both
+        (``Learner.export``) writes a checkpoint that has them.
 
     Raises:
         FileNotFoundError: ``model_dir`` is not a folder with a ``config.json``.
+        ConfigError: a tag cannot be made a single token (:func:`check_protocol_tokens`).
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model_dir = check_model_dir(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(
         model_dir, dtype=dtype, attn_implementation=attention_backend()
-    ).to(device)
+    )
     processor = AutoProcessor.from_pretrained(model_dir)
-    return model.eval(), processor
+    add_protocol_tokens(model, processor.tokenizer, f"checkpoint {str(model_dir)!r}")
+    return model.to(device).eval(), processor
+
+
+def add_protocol_tokens_to_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Write ``src`` to ``dst`` with the protocol tags in its tokenizer and vocabulary
+    (:func:`load_policy`, then ``save_pretrained`` of model and processor), in its own dtype:
+    a folder vLLM can load.
+
+    Returns:
+        ``dst`` as a Path.
+    """
+    model, processor = load_policy(src, dtype="auto")
+    dst = Path(dst)
+    model.save_pretrained(dst)
+    processor.save_pretrained(dst)
+    return dst
 
 
 def random_policy(
@@ -382,7 +519,8 @@ def random_policy(
     (reference-size benchmarks from :func:`build_reference_config` without weight files).
 
     Returns:
-        ``(model, processor)``; the model is in eval mode.
+        ``(model, processor)``; the model is in eval mode, with the protocol tags
+        (:func:`add_protocol_tokens`).
 
     Raises:
         FileNotFoundError: ``model_dir`` is not a folder with a ``config.json``.
@@ -394,4 +532,6 @@ def random_policy(
     config._attn_implementation = attention_backend()
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
-    return model.eval(), AutoProcessor.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    add_protocol_tokens(model, processor.tokenizer, f"checkpoint {str(model_dir)!r}")
+    return model.eval(), processor

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamreason.errors import ConfigError
 from streamreason.rollout.chat import ChatEncoder
 from streamreason.rollout.engine import GenerationRequest, SamplingConfig, ThinkBudget, TransformersEngine
 from streamreason.rollout.memory import MemoryConfig, VisualWindowMemory
@@ -89,14 +90,62 @@ def test_think_budget_forces_the_close_tag(stack):
 
 
 def test_think_budget_with_a_multi_token_close_tag():
-    budget = ThinkBudget((7,), (8, 9), budget=2)
-    assert budget.next_forced([7, 1]) is None
-    assert budget.next_forced([7, 1, 2]) == 8
-    assert budget.next_forced([7, 1, 2, 8]) == 9
-    assert budget.next_forced([7, 1, 2, 8, 9]) is None
-    assert budget.forced([7, 1, 2, 8, 9, 3]) == [False, False, False, True, True, False]
-    assert ThinkBudget((7,), (8,), budget=0).next_forced([7, 1, 2, 3]) is None
-    assert budget.next_forced([1, 2, 3, 4]) is None  # no think span opened
+    budget, n = ThinkBudget((7,), (8, 9), budget=2), 30
+    assert budget.next_forced([7, 1], n) is None
+    assert budget.next_forced([7, 1, 2], n) == 8
+    assert budget.next_forced([7, 1, 2, 8], n) == 9
+    assert budget.next_forced([7, 1, 2, 8, 9], n) is None
+    assert budget.forced([7, 1, 2, 8, 9, 3], n) == [False, False, False, True, True, False]
+    assert ThinkBudget((7,), (8,), budget=0).next_forced([7, 1, 2, 3], n) is None
+    assert budget.next_forced([1, 2, 3, 4], n) is None  # no think span opened
+
+
+def test_think_budget_counts_span_or_every_generated_token():
+    """span: `budget` tokens inside the span; generated (ThinkStream's think_budget_sample):
+    the budget counts <think> too, so 20 leaves 19 inside, and applies with no <think> at all."""
+    open_, close, n = 1, 2, 30
+    turn = [open_] + [5] * 25
+    span = ThinkBudget((open_,), (close,), budget=20)
+    generated = ThinkBudget((open_,), (close,), budget=20, counts="generated")
+    assert span.cut(turn, n) == 21 and generated.cut(turn, n) == 20
+    assert generated.forced(turn[:20] + [close], n) == [False] * 20 + [True]
+    assert span.cut([5] * 25, n) is None and generated.cut([5] * 25, n) == 20
+    assert generated.next_forced([open_, 5, close] + [5] * 20, n) is None  # closed in time
+    with pytest.raises(ConfigError, match="counts"):
+        ThinkBudget((open_,), (close,), budget=20, counts="tokens")
+
+
+def test_forced_end_of_turn_at_the_last_position():
+    """ThinkStream forces eos at step max_new_tokens - 1 (StreamingInferenceEngine.generate)."""
+    budget, n = ThinkBudget((1,), (2,), budget=20, counts="generated", end_id=9), 30
+    assert budget.next_forced([1, 2] + [5] * 26, n) is None  # position 28: sampled
+    assert budget.next_forced([1] + [5] * 19 + [2] + [5] * 8, n) == 9
+    assert budget.forced([1] + [5] * 19 + [2] + [5] * 8 + [9], n) == [False] * 20 + [True] + [False] * 8 + [
+        True
+    ]
+    assert ThinkBudget((1,), (2,), budget=0, end_id=9).next_forced([5] * 4, 5) == 9
+    assert not ThinkBudget((1,), (2,), budget=0).active
+
+
+def test_thinkstream_rule_forces_one_close_tag_and_the_end_of_turn(stack):
+    """counts=generated, end forced: budget 3 gives <think> + 2 inside, then </think>; the
+    8th and last token is the end of turn, so the cut turn still ends."""
+    model, processor, encoder = stack
+    tok = processor.tokenizer
+    open_id, close_id = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
+    bias = torch.zeros(model.config.text_config.vocab_size)
+    bias[open_id] = 50.0
+    hook = model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
+    try:
+        budget = ThinkBudget((open_id,), (close_id,), 3, counts="generated", end_id=encoder.end_of_turn_id)
+        (gen,) = TransformersEngine(model, tok).generate(
+            [_request(encoder)], SamplingConfig(temperature=0.0), 8, budget
+        )
+    finally:
+        hook.remove()
+    assert gen.token_ids == [open_id] * 3 + [close_id] + [open_id] * 3 + [encoder.end_of_turn_id]
+    assert gen.forced == [False] * 3 + [True] + [False] * 3 + [True]
+    assert gen.finish_reason == "stop"
 
 
 def test_vision_placeholders_are_never_sampled(stack):
@@ -123,13 +172,29 @@ def test_finish_turn_cuts_a_free_sample_where_the_budget_forces():
     assert isinstance(cut, BudgetCut)
     assert cut.token_ids == [1, 5, 6, 7, 2, 3] and cut.forced == [False] * 4 + [True] * 2
     assert cut.logprobs == [-0.5] * 4 + [0.0] * 2
-    gen = finish_turn([4, 9], [-0.1, -0.2], end, None, max_new_tokens=10, resumed=cut)
+    gen = finish_turn([4, 9], [-0.1, -0.2], end, budget, max_new_tokens=10, resumed=cut)
     assert gen.token_ids == [1, 5, 6, 7, 2, 3, 4, 9] and gen.finish_reason == "stop"
-    assert gen.forced == budget.forced(gen.token_ids)  # what forcing step by step would have marked
+    assert gen.forced == budget.forced(gen.token_ids, 10)  # what forcing step by step would have marked
     within = finish_turn([1, 5, 2, 3, 4, 9], [-0.3] * 6, end, budget, max_new_tokens=10)
     assert within.token_ids == [1, 5, 2, 3, 4, 9] and not any(within.forced)
     short = finish_turn(free, [-0.5] * 7, end, budget, max_new_tokens=5)  # no room after the close tag
     assert short.token_ids == [1, 5, 6, 7, 2] and short.finish_reason == "length"
+
+
+def test_finish_turn_forces_the_end_of_turn_in_a_free_sample():
+    """The last token of a free sample that ran to max_new_tokens becomes the forced end of turn,
+    also in the continuation after a think-budget cut: the turn ends, as ThinkStream's do."""
+    from streamreason.rollout.engine import BudgetCut, finish_turn
+
+    budget, end, n = ThinkBudget((1,), (2,), budget=3, counts="generated", end_id=9), [9], 8
+    cut = finish_turn([1, 5, 6, 7, 7, 7, 7, 7], [-0.5] * 8, end, budget, n)
+    assert isinstance(cut, BudgetCut) and cut.token_ids == [1, 5, 6, 2]
+    gen = finish_turn([4, 4, 4, 4], [-0.1] * 4, end, budget, n, resumed=cut)
+    assert gen.token_ids == [1, 5, 6, 2, 4, 4, 4, 9] and gen.finish_reason == "stop"
+    assert gen.forced == [False] * 3 + [True] + [False] * 3 + [True] == budget.forced(gen.token_ids, n)
+    assert gen.logprobs[-1] == 0.0
+    early = finish_turn([1, 5, 2, 4, 9], [-0.1] * 5, end, budget, n)  # ended by itself: nothing forced
+    assert early.token_ids == [1, 5, 2, 4, 9] and not any(early.forced) and early.finish_reason == "stop"
 
 
 def test_vllm_engine_refuses_chunks_whose_timing_vllm_would_change(stack):
