@@ -182,17 +182,12 @@ def informative_groups(rewards: torch.Tensor | Sequence[float], group_ids: Seque
 def group_advantages(
     rewards: torch.Tensor | Sequence[float], group_ids: Sequence[Hashable], cfg: GRPOConfig
 ) -> torch.Tensor:
-    """One GRPO advantage per trajectory, by verl's ``compute_grpo_outcome_advantage``.
+    """One GRPO advantage per trajectory, by :func:`grpo_outcome_advantage` (verl's formula).
 
     ``A_i = (r_i − mean_g) / (std_g + adv_epsilon)`` over the trajectories of group g (unbiased
-    std), or ``A_i = r_i − mean_g`` when ``cfg.norm_adv_by_std`` is False (Dr.GRPO). The caller
-    copies A_i to every token of every row of trajectory i.
-
-    Groups whose rewards are all equal get exactly 0, which verl alone does not guarantee: the
-    float32 mean of equal non-dyadic rewards (eight 0.7s) is off by an ulp, leaving r − mean ≈ 6e-8
-    and std ≈ 6e-8, and dividing by std + 1e-6 blows that up to an advantage of 0.06 for the whole
-    group (Dr.GRPO keeps the harmless 6e-8). A singleton group gets 0 too, where verl would use mean 0 and std 1
-    (A = r, an un-baselined reward).
+    std), or ``A_i = r_i − mean_g`` when ``cfg.norm_adv_by_std`` is False (Dr.GRPO); exactly 0
+    in a group whose rewards are all equal. The caller copies A_i to every token of every row of
+    trajectory i.
 
     Args:
         rewards: float32 ``[n]``, one scalar reward per trajectory, no NaN (see :func:`informative_groups`).
@@ -202,17 +197,65 @@ def group_advantages(
     Returns:
         float32 ``[n]`` advantages.
     """
-    informative = informative_groups(rewards, group_ids)
-    rewards = torch.as_tensor(rewards, dtype=torch.float32)
-    token_level_rewards = rewards.unsqueeze(-1)  # one "token" carrying the outcome reward
-    advantages, _ = compute_grpo_outcome_advantage(
+    token_level_rewards = torch.as_tensor(rewards, dtype=torch.float32).unsqueeze(-1)  # one "token" each
+    advantages, _ = grpo_outcome_advantage(
         token_level_rewards=token_level_rewards,
         response_mask=torch.ones_like(token_level_rewards),
-        index=np.fromiter(group_ids, dtype=object, count=len(rewards)),
+        index=np.fromiter(group_ids, dtype=object, count=len(token_level_rewards)),
         epsilon=cfg.adv_epsilon,
         norm_adv_by_std_in_grpo=cfg.norm_adv_by_std,
     )
-    return torch.where(torch.as_tensor(informative, device=rewards.device), advantages.squeeze(-1), 0.0)
+    return advantages.squeeze(-1)
+
+
+def grpo_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    config=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's ``compute_grpo_outcome_advantage`` (``verl/trainer/ppo/core_algos.py``), same
+    signature and result, except that a group whose scores are all equal gets exactly 0.
+
+    Both backends use it: the local trainer through :func:`group_advantages`, the verl backend
+    in place of verl's function during the V1 trainer's advantage step
+    (:class:`~streamreason.rl.verl_trainer.StreamPPOTrainer`).
+
+    Why: the float32 mean of equal non-dyadic scores (eight 0.7s) is off by an ulp, leaving
+    r − mean ≈ 6e-8 and std ≈ 6e-8, and verl's division by std + 1e-6 blows that up to an
+    advantage of +0.056 for the whole group (eight 0.2s: −0.0147); Dr.GRPO keeps the harmless
+    6e-8. A singleton group gets 0 too, where verl uses mean 0 and std 1 (A = r, an
+    un-baselined reward).
+
+    Args:
+        token_level_rewards: float32 ``[batch, response_len]``; a row's score is its sum.
+        response_mask: ``[batch, response_len]``, 1 on the response tokens.
+        index: ``[batch]`` group ids (verl's ``uid``); equal ids form one group.
+        epsilon: added to the group std before dividing.
+        norm_adv_by_std_in_grpo: False: A = r − mean (Dr.GRPO, arXiv 2503.20783).
+        config: verl's ``AlgoConfig``, passed on (unused by the formula).
+
+    Returns:
+        ``(advantages, returns)``, the same float32 ``[batch, response_len]`` tensor twice, each
+        row's advantage on its masked tokens, as verl returns them.
+
+    Raises:
+        ValueError: lengths differ, or a score is NaN (:func:`informative_groups`).
+    """
+    informative = informative_groups(token_level_rewards.sum(dim=-1), index)
+    advantages, _ = compute_grpo_outcome_advantage(
+        token_level_rewards=token_level_rewards,
+        response_mask=response_mask,
+        index=index,
+        epsilon=epsilon,
+        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+        config=config,
+    )
+    keep = torch.as_tensor(informative, device=advantages.device).unsqueeze(-1)
+    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
+    return advantages, advantages
 
 
 def sequence_weights(
