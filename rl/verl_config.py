@@ -10,10 +10,19 @@ settings passed through as they are, on top. Our keys map to verl's like this:
   entropy, epochs, batch sizes); ``optim`` → ``actor.optim``, ``actor.fsdp_config`` and ``model``;
   ``rollout`` and ``engine`` → ``actor_rollout_ref.rollout`` (vLLM, our agent loop); ``trainer``
   and ``cluster`` → ``data``, ``trainer`` and the FSDP offload flags.
-- Batch units: ``data.train_batch_size`` and ``actor.ppo_mini_batch_size`` count prompts (dataset
-  rows), micro-batches count training rows per GPU. verl cuts a step's training rows into
-  mini-batches of ``ppo_mini_batch_size · rollout.n`` rows, so when a trajectory yields several
-  rows (one per eviction block) an epoch takes that many times ``rl.mini_batches`` optimizer steps.
+- Trainer: ``trainer.v1.trainer_mode=streamreason``, verl's sync V1 trainer with this project's
+  GRPO advantage (exactly 0 for a group of equal rewards, ``rl.adv_epsilon``) and mini-batch
+  count (:class:`~streamreason.rl.verl_trainer.StreamPPOTrainer`), its settings in
+  ``trainer.v1.streamreason``; Ray's runtime environment sets ``VERL_USE_EXTERNAL_MODULES`` so
+  that every Ray process imports it. ``algorithm.adv_estimator`` stays ``grpo``: verl's V1
+  trainer computes a multi-output trajectory's advantage from its last output only for ``grpo``.
+- Batch units: ``data.train_batch_size`` counts prompts (dataset rows), micro-batches count
+  training rows per GPU. verl cuts a step's training rows into mini-batches of
+  ``ppo_mini_batch_size · rollout.n`` rows; a trajectory yields several rows (one per eviction
+  block), so the trainer sets ``ppo_mini_batch_size`` at each step from the step's rows: every
+  rollout takes ``rl.ppo_epochs × rl.mini_batches`` optimizer steps, as the local trainer does.
+  The value written here (``trainer.rows_per_step // rl.mini_batches``, right for one row per
+  trajectory) is the one verl's startup checks see.
 - Rewards: our agent loop scores each trajectory itself and sets ``reward_score``. verl's agent
   loop calls a reward-loop worker only when ``reward_score`` is None
   (``AgentLoopWorker._compute_score``), and the V1 trainer scores batches with a colocated reward
@@ -22,8 +31,7 @@ settings passed through as they are, on top. Our keys map to verl's like this:
   and ``reward.num_workers=0``: no reward-loop workers start, and verl's default rule-based scorer
   (``default_compute_score``, keyed by ``data_source``) can never run. A trajectory left unscored
   fails loudly (an empty worker list) instead of being scored by the wrong function.
-- Not expressible in verl 0.9.1's config: ``rl.adv_epsilon`` (verl's GRPO advantage divides by
-  std + 1e-6, fixed), ``rl.filter_zero_variance_groups`` (verl's nearest,
+- Not expressible in verl 0.9.1's config: ``rl.filter_zero_variance_groups`` (verl's nearest,
   ``algorithm.filter_groups``, refills the batch with fresh prompts: set it through ``verl.``
   if wanted), ``optim.lora.dropout`` (its FSDP LoRA has no dropout), fp32 compute (its FSDP engine
   autocasts to bf16 unless ``fsdp_config.mixed_precision``, a key absent from the yaml, is set), and
@@ -55,7 +63,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from streamreason.errors import ConfigError
+from streamreason.rl import verl_trainer
 from streamreason.rl.verl_agent import AGENT_NAME
+from streamreason.rl.verl_trainer import TRAINER_MODE
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +201,7 @@ def verl_overrides(
         "data.shuffle": True,
         "data.seed": trainer.seed,
         "trainer.use_v1": True,
+        "trainer.v1.trainer_mode": TRAINER_MODE,
         "trainer.total_training_steps": trainer.steps,
         "trainer.total_epochs": trainer.steps,  # every epoch has a step: never the binding limit
         # verl saves/evaluates at every multiple and at the last step; ours: 0 = at the end only
@@ -258,6 +269,16 @@ def compose_verl_config(
                 composed.merge_with(extra)
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad value for 'verl.{e.full_key}' (verl passthrough): {e.msg}") from None
+    with open_dict(composed):  # after the passthrough: these follow the recipe, not verl.*
+        # the trainer's own settings, where verl keeps a trainer mode's (rl/verl_trainer.py)
+        composed.trainer.v1[TRAINER_MODE] = {
+            "mini_batches": cfg.rl.mini_batches,
+            "adv_epsilon": cfg.rl.adv_epsilon,
+        }
+        # `import verl` imports the trainer in every Ray process (the TaskRunner looks it up by name)
+        composed.ray_kwargs.ray_init.runtime_env.env_vars = {
+            "VERL_USE_EXTERNAL_MODULES": verl_trainer.__name__
+        }
     return composed
 
 
