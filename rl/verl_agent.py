@@ -196,7 +196,7 @@ class StreamAgentLoop(AgentLoopBase):
         gen = finish_turn(*(await sample([], max_new)), self.end_ids, budget, max_new)
         if isinstance(gen, BudgetCut):
             rest = await sample(gen.token_ids, max_new - len(gen.token_ids))
-            gen = finish_turn(*rest, self.end_ids, None, max_new, resumed=gen)
+            gen = finish_turn(*rest, self.end_ids, budget, max_new, resumed=gen)
         return gen
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> list[AgentLoopOutput]:
