@@ -9,7 +9,9 @@ chunks' raw frames. It returns one ``AgentLoopOutput`` per eviction block, the r
 context, response = every token after it with ``response_mask`` 1 on sampled tokens only,
 ``response_logprobs`` the server's. verl's V1 GRPO computes one advantage per trajectory from the
 last output's reward and copies it to all of the trajectory's outputs
-(``verl/trainer/ppo/v1/utils.py:compute_advantage_for_multi_trajectories``).
+(``verl/trainer/ppo/v1/utils.py:compute_advantage_for_multi_trajectories``), 0 for a group of
+equal rewards (:mod:`streamreason.rl.verl_trainer`). All turns of a trajectory send one request
+id, so verl's sticky routing keeps them on one vLLM replica and its prefix cache.
 
 The reward is this project's composite reward on the whole episode, computed here and handed to
 verl as the last output's ``reward_score`` with its components as ``reward_extra_info`` (verl's
@@ -174,10 +176,24 @@ class StreamAgentLoop(AgentLoopBase):
         self.end_ids = [vocab["<|im_end|>"]]
 
     async def _generate(
-        self, request: GenerationRequest, sampling_params: dict[str, Any], budget, steps: dict
+        self,
+        request_id: str,
+        request: GenerationRequest,
+        sampling_params: dict[str, Any],
+        budget,
+        steps: dict,
     ) -> Generation:
         """One turn through verl's server, the think budget applied by :func:`finish_turn`;
-        ``steps`` accumulates the weight versions (global steps) the server reports."""
+        ``steps`` accumulates the weight versions (global steps) the server reports.
+
+        ``request_id`` is the trajectory's: verl's server manager routes by it, sticky
+        (``verl/workers/rollout/router.py``, ``GlobalRequestLoadBalancer.acquire_server``: an LRU
+        map request id → replica), so every turn, and the resumed half of a turn cut at the
+        think budget, reaches the replica that holds the trajectory's prefix in its cache, as
+        verl's own multi-turn ``ToolAgentLoop`` does (one ``request_id`` per ``run``). vLLM
+        rejects a request id that is still running ("Request id … already running",
+        ``vllm/v1/engine/output_processor.py``); a trajectory's calls are sequential, each
+        finished before the next is sent, so one id never runs twice at once."""
         max_new = self.recipe_cfg.rollout.protocol.max_new_tokens
         check_video_timing(request.videos, self.model_type)  # verl's server is vLLM
         videos = vllm_videos(request.videos) if request.videos else None
@@ -185,7 +201,7 @@ class StreamAgentLoop(AgentLoopBase):
         async def sample(tail: list[int], max_tokens: int):
             params = dict(sampling_params, max_tokens=max_tokens, stop_token_ids=self.end_ids, logprobs=True)
             out = await self.server_manager.generate(
-                request_id=uuid4().hex, prompt_ids=request.prompt_ids + tail, sampling_params=params,
+                request_id=request_id, prompt_ids=request.prompt_ids + tail, sampling_params=params,
                 video_data=videos, mm_processor_kwargs=dict(MM_PROCESSOR_KWARGS),
             )  # fmt: skip
             for key, pick in (("min_global_steps", min), ("max_global_steps", max)):
@@ -213,6 +229,7 @@ class StreamAgentLoop(AgentLoopBase):
         loop = asyncio.get_running_loop()
         env = StreamingVideoEnv(cfg.rollout.env, store=self.store)
         t0, gen_s, steps = time.perf_counter(), 0.0, {}
+        request_id = uuid4().hex  # one per trajectory: all its turns go to one replica
         try:
             obs, info = await loop.run_in_executor(None, _locked, env.reset, row)
             traj = Trajectory(row, int(kwargs.get("session_id", 0)), info["chunk_seconds"])
@@ -225,7 +242,7 @@ class StreamAgentLoop(AgentLoopBase):
                     None, lambda o=obs: recorder.request(o, self.chunks.get(self.encoder, row, o))
                 )
                 t1 = time.perf_counter()
-                gen = await self._generate(request, sampling_params, budget, steps)
+                gen = await self._generate(request_id, request, sampling_params, budget, steps)
                 gen_s += time.perf_counter() - t1
                 record = recorder.record(gen)
                 obs, _, terminated, truncated, _ = await loop.run_in_executor(

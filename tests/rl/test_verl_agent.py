@@ -36,13 +36,13 @@ def run(tiny_model_dir, tmp_path_factory):
     return cfg, prepare_run(cfg, tmp / "run"), tmp / "run"
 
 
-def _agent_loop(cfg, config, run_dir, tiny_policy):
+def _agent_loop(cfg, config, run_dir, tiny_policy, server_cls=LocalServer):
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     model, processor = tiny_policy
     encoder = ChatEncoder(processor, get_protocol(cfg.rollout.protocol.name))
-    server = LocalServer(TransformersEngine(model, processor.tokenizer, seed=0), encoder)
+    server = server_cls(TransformersEngine(model, processor.tokenizer, seed=0), encoder)
     loop = StreamAgentLoop(
         trainer_config=DictConfigWrap(config), server_manager=server, tokenizer=processor.tokenizer,
         processor=processor, dataset_cls=RLHFDataset, data_config=DictConfigWrap(config.data),
@@ -167,3 +167,46 @@ def test_concurrent_trajectories_share_one_worker(run, tiny_policy, monkeypatch)
     assert all(len(o) == 2 for o in outputs)
     assert len({tuple(o[0].prompt_ids) for o in outputs}) == 1  # same row, same first context
     assert sorted(encoded) == list(range(5))  # a 5 s stream: 5 chunks, each encoded once for 4 trajectories
+
+
+class RecordingServer(LocalServer):
+    """A server manager that records the request id of every generate call, and fails a call
+    whose id is still running (vLLM's ``OutputProcessor.add_request``: "Request id … already running")."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.calls, self.running = [], set()
+
+    async def generate(self, request_id, **kwargs):
+        assert request_id not in self.running, f"request id {request_id} sent while still running"
+        self.running.add(request_id)
+        try:
+            return await super().generate(request_id, **kwargs)
+        finally:
+            self.running.discard(request_id)
+            self.calls.append(request_id)
+
+
+def test_every_turn_of_a_trajectory_sends_its_one_request_id(run, tiny_policy):
+    """verl's server manager routes by request id, sticky (``GlobalRequestLoadBalancer``): one id
+    per trajectory keeps all its turns, and both halves of a turn cut at the think budget, on one
+    replica; other trajectories send other ids."""
+    cfg, config, run_dir = run
+    loop, _, _ = _agent_loop(cfg, config, run_dir, tiny_policy, server_cls=RecordingServer)
+    server = loop.server_manager
+    extra = dict(pd.read_parquet(run_dir / "train.parquet").iloc[0]["extra_info"])
+    outputs = asyncio.run(loop.run({"temperature": 1.0}, extra_info=extra, session_id=0))
+    turns = sum(o.num_turns for o in outputs) // 2
+    assert turns == 5 and len(server.calls) >= turns and len(set(server.calls)) == 1
+    first = server.calls[0]
+
+    async def group():
+        return await asyncio.gather(
+            *[loop.run({"temperature": 1.0}, extra_info=extra, session_id=i) for i in range(1, 4)]
+        )
+
+    server.calls.clear()
+    asyncio.run(group())
+    ids = set(server.calls)
+    assert len(ids) == 3 and first not in ids
+    assert all(server.calls.count(i) >= turns for i in ids)
