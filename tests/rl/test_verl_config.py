@@ -248,9 +248,8 @@ def _optimizer_steps(conf, trainer_cls, rows_per_traj, monkeypatch):
     from verl.workers.engine_workers import TrainingWorker
 
     monkeypatch.setattr(PPOTrainer, "_balance_batch", _fake_balance)
-    trainer = object.__new__(trainer_cls)
-    trainer.config = conf.copy()  # the trainer changes its own config at each step
-    trainer.use_critic, trainer.global_steps = False, 1
+    trainer = trainer_cls(conf.copy())  # verl's constructor (nothing starts); it changes its config
+    trainer.global_steps = 1
     sent = []
     trainer.actor_rollout_wg = SimpleNamespace(
         update_actor=lambda batch: sent.append(batch) or {"metrics": {"mfu": [0.0]}}
@@ -326,3 +325,32 @@ def test_mini_batch_rows():
             for unit in (1, 8, 24):
                 size = mini_batch_rows(rows, m, unit)
                 assert size % unit == 0 and m * size >= rows and m * size - rows < m * unit
+
+
+def test_ray_processes_find_the_trainer_by_the_configs_mode(tmp_path):
+    """What verl's TaskRunner (a Ray actor) does with the config: ``import verl`` under the
+    runtime environment's variables, then ``get_trainer_cls(trainer.v1.trainer_mode)(config)``;
+    the trainer runs verl's sync code paths (its replay buffer, one parameter sync per step)."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    conf = compose_verl_config(thinkstream(), **PATHS)
+    OmegaConf.save(conf, tmp_path / "verl.yaml")
+    code = (
+        "import sys, verl\n"
+        "from omegaconf import OmegaConf\n"
+        "from verl.trainer.ppo.v1 import get_trainer_cls\n"
+        "from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer\n"
+        "conf = OmegaConf.load(sys.argv[1])\n"
+        "trainer = get_trainer_cls(conf.trainer.v1.trainer_mode)(conf)\n"
+        "print(type(trainer).__name__, type(trainer.replay_buffer) is ReplayBuffer, trainer.parameter_sync_step)\n"
+    )
+    env = {**os.environ, **conf.ray_kwargs.ray_init.runtime_env.env_vars}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "verl.yaml")], capture_output=True, text=True, env=env,
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["StreamPPOTrainer", "True", "1"]
