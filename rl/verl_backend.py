@@ -9,7 +9,8 @@ to verl's ``run_ppo`` with ``TaskRunnerV1`` (``verl/trainer/main_ppo.py``):
   (videos stay where they are; paths made absolute);
 * ``agent_loop.yaml``: registers :class:`~streamreason.rl.verl_agent.StreamAgentLoop` as
   ``streamreason``, the rollout's default agent loop;
-* ``verl_config.yaml``: verl's full config (``rl/verl_config.py``), for the record;
+* ``verl_config.yaml``: verl's full config (``rl/verl_config.py``), for the record; its trainer
+  is :class:`~streamreason.rl.verl_trainer.StreamPPOTrainer` (``trainer.v1.trainer_mode``);
 
 and, while verl runs, ``verl_metrics.jsonl`` (verl's file logger, one line per step),
 ``tensorboard/`` and ``checkpoints/``.

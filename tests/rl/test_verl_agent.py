@@ -135,6 +135,11 @@ def test_dry_run_writes_the_verl_run_directory(run, tiny_model_dir, tmp_path):
     assert verl_cfg.actor_rollout_ref.rollout.gpu_memory_utilization == 0.25
     assert verl_cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "streamreason"
     assert verl_cfg.trainer.use_v1 is True
+    assert verl_cfg.trainer.v1.trainer_mode == "streamreason"
+    assert (
+        verl_cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES
+        == "streamreason.rl.verl_trainer"
+    )
     (entry,) = OmegaConf.load(out / "agent_loop.yaml")
     assert entry.recipe == str((out / "config.yaml").resolve())
     df = pd.read_parquet(out / "train.parquet")
