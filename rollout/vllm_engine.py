@@ -167,6 +167,9 @@ class VLLMEngine(Engine):
             max_tokens=max_tokens, min_tokens=min(sampling.min_new_tokens, max_tokens),
             stop_token_ids=self.end_ids, logprobs=0, logit_bias=self.logit_bias or None,
             detokenize=False, skip_special_tokens=False,
+            # a per-request seed drawn from torch's CPU generator, which checkpoints hold: --resume
+            # samples what the uninterrupted run samples (vLLM's own generator starts afresh)
+            seed=None if greedy else int(torch.randint(2**62, ())),
         )  # fmt: skip
 
     def _run(

@@ -12,7 +12,7 @@ import pytest
 from streamreason.cli import main
 from streamreason.rl.metrics import read_metrics
 
-from .conftest import RECIPE
+from .conftest import RECIPE, _small
 
 # Wall-clock figures differ between runs; everything else must match exactly.
 TIMING = {"time", "step_time_s", "rollout_s", "update_s", "rollout_tokens_per_s", "train_tokens_per_s"}
@@ -141,8 +141,6 @@ def test_a_step_without_update_keeps_the_lr_schedule_on_the_step_index(
 ):
     """Step 2's rows all fail their reward, so step 2 trains on nothing; steps 3 and 4 still use
     the cosine schedule's values at their own update indices, straight and after --resume."""
-    import shutil
-
     import torch
     from transformers import get_scheduler
 
@@ -174,13 +172,45 @@ def test_a_step_without_update_keeps_the_lr_schedule_on_the_step_index(
         schedule.step()
     for step in (1, 3, 4):  # a step logs the mean LR of its two updates 2(step-1), 2(step-1)+1
         assert steps[step]["lr"] == pytest.approx((lrs[2 * step - 2] + lrs[2 * step - 1]) / 2, rel=1e-9), step
-    resumed = tmp_path / "resumed"
-    shutil.copytree(run, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
-    shutil.rmtree(resumed / "final")
-    done = _train([*base, f"trainer.run_dir={resumed}"], "--resume")
-    assert done.returncode == 0, done.stderr[-3000:]
-    again = _steps(resumed)
-    assert sorted(again) == [1, 2, 3, 4]
+    again = _resume_from_step_2(run, tmp_path / "resumed", base)
     for step in (3, 4):
         assert again[step]["lr"] == steps[step]["lr"], step
+
+
+def _resume_from_step_2(run, copy, overrides):
+    """Steps of a copy of the finished 4-step ``run`` resumed (``--resume``) from its step-2 checkpoint."""
+    import shutil
+
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "checkpoints" / "step_00000004")
+    shutil.rmtree(copy / "final")
+    done = _train([*overrides, f"trainer.run_dir={copy}"], "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = _steps(copy)
+    assert sorted(steps) == [1, 2, 3, 4]
+    return steps
+
+
+@pytest.mark.gpu
+def test_vllm_resume_matches_an_uninterrupted_run(tiny_model_dir, synth_splits, tmp_path):
+    """The in-process vLLM engine: a run resumed from its step-2 checkpoint logs the same steps
+    3 and 4 as the uninterrupted run (sampling included)."""
+    pytest.importorskip("vllm")
+    base = [*_small(tiny_model_dir, synth_splits, tmp_path / "unused"), "engine.name=vllm", "engine.device=cuda",
+            "engine.dtype=bfloat16", "optim.dtype=bfloat16", "engine.gpu_memory_utilization=0.2",
+            "engine.enforce_eager=true", "trainer.steps=4", "trainer.checkpoint_every=2"]  # fmt: skip
+    run = tmp_path / "straight"
+    done = _train([*base, f"trainer.run_dir={run}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight = _steps(run)
+    again = _resume_from_step_2(run, tmp_path / "resumed", base)
+    for step in (3, 4):
+        print(
+            step,
+            {
+                k: (straight[step][k], again[step].get(k))
+                for k in straight[step]
+                if straight[step][k] != again[step].get(k)
+            },
+        )
+        assert again[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), step
