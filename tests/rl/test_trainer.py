@@ -205,12 +205,4 @@ def test_vllm_resume_matches_an_uninterrupted_run(tiny_model_dir, synth_splits, 
     straight = _steps(run)
     again = _resume_from_step_2(run, tmp_path / "resumed", base)
     for step in (3, 4):
-        print(
-            step,
-            {
-                k: (straight[step][k], again[step].get(k))
-                for k in straight[step]
-                if straight[step][k] != again[step].get(k)
-            },
-        )
         assert again[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), step
