@@ -16,7 +16,8 @@ Source of every rule here, by file of the upstream repository:
   accept exactly ``"N"``/``"Y"`` or the substring ``"No"``/``"Yes"`` (case-sensitive); a
   ``None`` response scores 0. Task accuracy is over questions (forward: over probes), a
   category's average is the mean of its tasks' accuracies, and the total is the mean of the three
-  category averages.
+  category averages. It prints the backward, real-time and forward blocks in that order (the
+  tasks within a block in ``constant.py``'s order here; see :meth:`OVOScore.report`).
 
 As streams: a backward or real-time question is one row that stops at ``ceil(realtime)`` with
 the question asked at ``realtime``; a forward entry is a multi-query stream with one query per
@@ -304,7 +305,8 @@ class OVOScore:
     """Official OVO-Bench accuracies, in percent.
 
     Attributes:
-        tasks: category -> task -> accuracy (tasks in first-seen order).
+        tasks: category -> task -> accuracy, the tasks in ``constant.py``'s order (then any
+            other task, in first-seen order).
         counts: task -> number of scored questions (forward: probes).
         categories: category -> mean of its tasks' accuracies.
         total: mean of the category averages (None when no category was scored).
@@ -316,7 +318,12 @@ class OVOScore:
     total: float | None = None
 
     def report(self, model: str) -> str:
-        """The scorer's printout (``utils/OVOBenchScore.py``), line for line."""
+        """The scorer's printout (``utils/OVOBenchScore.py`` ``OVOBenchOfflineScore.score``),
+        line for line: the backward, real-time and forward blocks in that order, as it prints
+        them. Within a block the tasks follow ``constant.py``'s lists (EPM ASI HLD; OCR ACR ATR
+        STU FPD OJR; REC SSR CRR); the official code prints them in the order it first meets
+        them in the result files, which ``score.py`` reads in ``os.listdir`` order, and the
+        forward ones in Python's set order, so its order varies between runs and folders."""
         lines = [f"Offline Model: {model}"]
         for cat, (title, avg) in CATEGORY_TITLES.items():
             if cat not in self.categories:
@@ -361,7 +368,9 @@ def score(results: dict[str, list]) -> tuple[OVOScore, dict[str, list[int]]]:
     for cat, tasks in per_task.items():
         if tasks:
             fractions = [sum(v) / len(v) for v in tasks.values()]  # the official arithmetic, in its order
-            out.tasks[cat] = {t: 100 * sum(v) / len(v) for t, v in tasks.items()}
+            known = CATEGORIES[cat]
+            order = sorted(tasks, key=lambda t: known.index(t) if t in known else len(known))  # stable
+            out.tasks[cat] = {t: 100 * sum(tasks[t]) / len(tasks[t]) for t in order}
             out.counts.update({t: len(v) for t, v in tasks.items()})
             out.categories[cat] = 100 * sum(fractions) / len(fractions)
     if out.categories:
