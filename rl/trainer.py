@@ -4,7 +4,11 @@ One GRPO step, top to bottom (:meth:`LocalTrainer.train`):
 rollout (env pool + engine) → rewards → group advantages → packed rows → updates → new
 weights to the engine → metrics → eval every ``eval_every`` → checkpoint every
 ``checkpoint_every`` steps and on SIGTERM. ``--resume`` restores model, optimizer, scheduler,
-RNG and data position from the newest complete checkpoint and continues exactly.
+RNG and data position from the newest complete checkpoint and continues exactly: the
+transformers engine samples from torch's generators, the vLLM engine with a per-request seed
+drawn from torch's CPU generator (``rollout/vllm_engine.py``), both in the checkpoint. The
+learning-rate schedule is set from the step index at each step (``Learner.schedule_to``), so a
+step with nothing to train on does not shift it.
 
 Under ``torchrun`` every rank rolls out its own share of the step's rows (a group never spans
 ranks) and the learner is sharded with FSDP2; the engine then holds a full copy of the
