@@ -74,7 +74,8 @@ class GRPOConfig:
             the same dtype give the same log-probs); a vLLM engine, an engine in another dtype or
             with its own copy of the weights, and vLLM's untempered log-probs at T != 1, otherwise
             make the first ratio mismatch noise that the clip acts on. See
-            :meth:`recomputes_old_logprobs`.
+            :meth:`recomputes_old_logprobs`. Local trainer only: the verl backend always
+            recomputes (verl's default; ``algorithm.rollout_correction.bypass_mode`` would skip it).
 
     Loss aggregation, local trainer: ``token-mean`` and ``token-sum`` weight every token alike;
     the ``seq-mean-*`` modes count each trajectory's rows of a mini-batch as one sequence (a
