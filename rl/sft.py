@@ -105,7 +105,12 @@ class ScriptedEngine(Engine):
 
 def decision_labels(row: TrainRow, encoder: ChatEncoder) -> np.ndarray:
     """Label array ``[L]``: the decision class at the first token after each turn's think span
-    (where the row's loss mask starts a turn), -1 elsewhere."""
+    (where the row's loss mask starts a turn), -1 elsewhere.
+
+    The tags are matched by id, so they must be single tokens in context, as
+    ``streamreason.modeling.load_policy`` guarantees (``check_protocol_tokens``): in a base
+    Qwen2.5-VL BPE, ``</think><silent>`` merges into ``'</' 'think' '><' 'silent' '>'`` and no
+    label would be found."""
     _, close = encoder.think_ids()
     tags = [encoder.text(f"<{d}>") for d in DECISIONS]
     ids, mask = row.input_ids.tolist(), row.loss_mask

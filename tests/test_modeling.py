@@ -6,7 +6,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from streamreason.modeling import PROTOCOL_TOKENS, QWEN_SPECIAL_TOKENS, build_tiny_model
+from streamreason.modeling import (
+    PROTOCOL_TOKENS,
+    QWEN_SPECIAL_TOKENS,
+    build_tiny_model,
+    check_protocol_tokens,
+)
 
 
 def _digest(folder):
@@ -30,6 +35,7 @@ def test_loads_with_auto_classes_and_runs_video(tiny_model_dir):
     tok = processor.tokenizer
     for t in QWEN_SPECIAL_TOKENS + PROTOCOL_TOKENS:
         assert len(tok.encode(t, add_special_tokens=False)) == 1, t
+    check_protocol_tokens(tok)  # one id next to text and to every other tag, too
     assert tok.eos_token == "<|im_end|>"
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What colour?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)

@@ -191,3 +191,46 @@ def test_a_killed_env_worker_costs_the_rollout_nothing(rollout, rows, tiny_polic
         for ta, tb in zip(a.turns, b.turns, strict=True):
             np.testing.assert_array_equal(ta.prompt_ids, tb.prompt_ids)
             np.testing.assert_array_equal(ta.response_ids, tb.response_ids)
+
+
+def test_thinkstream_budget_rule_through_the_loop(rows, tiny_policy):
+    """ThinkStream's rule (recipes/thinkstream_rlvr.yaml): the budget counts every generated token
+    and the last token is a forced end of turn, so every turn ends; forced tokens are masked out
+    of the training rows, and the sampled ones keep their exact log-probs."""
+    from streamreason.rl.rows import build_rows
+
+    model, processor = tiny_policy
+    encoder = ChatEncoder(processor, get_protocol("watch_think_speak"))
+    protocol = ProtocolConfig(
+        think_budget=4, think_budget_counts="generated", force_end_of_turn=True, max_new_tokens=8
+    )
+    cfg = RolloutConfig(
+        env=ENV, memory=MemoryConfig(window_chunks=3, evict_block=2), protocol=protocol, group_size=2
+    )
+    with EnvPool(ENV, in_process=True) as pool:
+        trajs, _ = run_rollouts([rows[0]], pool=pool, engine=TransformersEngine(model, processor.tokenizer, seed=0),
+                                encoder=encoder, cfg=cfg)  # fmt: skip
+    close = encoder.think_ids()[1][0]
+    turns = [t for traj in trajs for t in traj.turns]
+    assert all(t.finish_reason == "stop" and t.response_ids[-1] == encoder.end_of_turn_id for t in turns)
+    full = [t for t in turns if len(t.response_ids) == 8]
+    assert full and all(t.response_mask[-1] == 0 for t in full)  # the forced end of turn
+    for t in turns:  # </think> forced at position 4 unless sampled before
+        ids = t.response_ids.tolist()
+        if close not in ids[:4] and len(ids) > 5:
+            assert ids[4] == close and t.response_mask[4] == 0
+        assert t.think_tokens <= 3
+    n_forced = sum(int((t.response_mask == 0).sum()) for t in turns)
+    assert (
+        sum(int((r.loss_mask > 0).sum()) for r in build_rows(trajs))
+        == sum(len(t.response_ids) for t in turns) - n_forced
+    )
+    traj, i = trajs[0], len(trajs[0].turns) - 1
+    with torch.no_grad():
+        logits = model(**traj.model_inputs(i)).logits[0]
+    turn = traj.turns[i]
+    p, mask = len(turn.prompt_ids), turn.response_mask.astype(bool)
+    ref = torch.log_softmax(logits[p - 1 : -1], -1).gather(
+        -1, torch.from_numpy(turn.response_ids.astype(np.int64))[:, None]
+    )[:, 0]
+    assert torch.allclose(ref[mask], torch.from_numpy(turn.logprobs)[mask], atol=1e-4)
