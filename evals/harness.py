@@ -130,21 +130,21 @@ def _streamingbench_format(path: str) -> str:
 
 
 def item_score(benchmark: str, row: StreamRow, p: Prediction) -> float | None:
-    """The official per-question score of a prediction (1/0), or None when undefined."""
+    """The official per-question score of a prediction (1/0; no response is 0), or None for a
+    synthetic question without a ground truth."""
     if benchmark == "ovo":
         if row.task == "REC":
             return float(ovo.score_rec(p.response, p.ground_truth))
         if row.task in ("SSR", "CRR"):
             return float(ovo.score_yes_no(p.response, int(p.ground_truth == "Yes")))
         return float(ovo.score_choice(p.response, p.ground_truth))
-    if benchmark == "streamingbench":
+    if benchmark == "streamingbench":  # silence is wrong (evals/streamingbench.py)
         if row.id.startswith("sb-proactive"):
-            last_s = (
-                p.response_s if p.response is not None else p.answer_time_s + streamingbench.PROACTIVE_GRACE_S
-            )
-            on_time = abs(last_s - p.answer_time_s) <= streamingbench.PROACTIVE_TOLERANCE_S
-            return float(on_time and p.response is not None and p.ground_truth in p.response)
-        return None if not p.response else float(p.response[0] == p.ground_truth)
+            if p.response is None:
+                return 0.0
+            return float(streamingbench.proactive_correct(p.response_s, p.response, p.answer_time_s,
+                                                          p.ground_truth)[1])  # fmt: skip
+        return float(streamingbench.real_time_correct(p.response, p.ground_truth))
     from streamreason.rewards.answers import answers_match
 
     return None if p.ground_truth is None else float(answers_match(p.response, p.ground_truth))
@@ -152,7 +152,12 @@ def item_score(benchmark: str, row: StreamRow, p: Prediction) -> float | None:
 
 def write_official(benchmark: str, anno: list[str], rows: list[StreamRow], preds: dict[str, list[Prediction]],
                    out_dir: Path, name: str) -> list[Path]:  # fmt: skip
-    """Write the benchmark's own result files for the evaluated rows; returns their paths."""
+    """Write the benchmark's own result files for the evaluated rows; returns their paths.
+
+    A question without a response is written so that the official scorer reads it and scores
+    it wrong: ``None`` for OVO-Bench, :data:`~streamreason.evals.streamingbench.NO_RESPONSE`
+    for a StreamingBench real-time question (``count.py`` raises on ``""``), and the silent
+    polls up to ground truth + 4 s for a proactive one."""
     if benchmark == "ovo":
         responses: dict[tuple[Any, int | None], str | None] = {}
         ids = set()
@@ -182,7 +187,7 @@ def write_official(benchmark: str, anno: list[str], rows: list[StreamRow], preds
                         continue
                     (p,) = preds[row.id]
                     if kind == "real":
-                        question[name] = p.response or ""
+                        question[name] = p.response or streamingbench.NO_RESPONSE
                     else:
                         polls = list(p.polls) or [(p.answer_time_s + streamingbench.PROACTIVE_GRACE_S, "")]
                         question[name] = streamingbench.proactive_record(polls, p.response_s)
@@ -206,8 +211,8 @@ def score_official(benchmark: str, files: list[Path], name: str) -> tuple[dict, 
               "real_time_total": dict(zip(("total", "correct"), result.total, strict=True)),
               "proactive": None if result.proactive is None else
               dict(zip(("total", "time_correct", "answer_correct"), result.proactive, strict=True)),
-              "unanswered": result.unanswered}  # fmt: skip
-    return scores, result.table(name)
+              "unanswered": result.unanswered, "proactive_unanswered": result.proactive_unanswered}  # fmt: skip
+    return scores, result.report(name)
 
 
 def synthetic_scores(
@@ -282,7 +287,7 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
     info["missing_videos"] = len(missing)
     if info["errors"] or missing:
         console.print(f"[yellow]{len(info['errors'])} annotation entries did not convert; {len(missing)} of the "
-                      f"{len(rows)} streams name a missing video (scored as unanswered)[/]")  # fmt: skip
+                      f"{len(rows)} streams name a missing video (unanswered: scored as wrong)[/]")  # fmt: skip
     encoder, engine = stack or rollout_stack(cfg)[2:]
     preds: dict[str, list[Prediction]] = {}
     failures = []
@@ -313,7 +318,7 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
     else:
         scores, printable = score_official(benchmark, files, name)
     console.print(printable)
-    console.print(f"{len(rows)} streams, {len(failures)} failed (video unreadable; scored as unanswered); "
+    console.print(f"{len(rows)} streams, {len(failures)} failed (video unreadable; unanswered: scored as wrong); "
                   f"predictions in {out_dir / 'predictions.jsonl'}")  # fmt: skip
     summary = {"benchmark": benchmark, "model": name, "scores": scores, "rows": len(rows),
                "failed": len(failures), "conversion": info, "files": [str(f) for f in files]}  # fmt: skip

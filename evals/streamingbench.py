@@ -10,12 +10,23 @@ Source of every rule here, by file of the upstream repository:
 * ``src/benchmark/StreamingBenchProactive.py``: the model is polled every second from
   ``time_stamp + 1`` to ``ground_truth_time_stamp + 4`` s; the output is
   ``{"answered": t | False, "dialog_history": [{role, content, time, cost}, ...]}``.
-* ``src/data/count.py``: real-time: a question counts when the model's key is present and its
-  response is non-empty; it is right when the response's first character equals ``answer``
-  (no stripping). Per ``task_type`` and a ``total`` over all questions. Proactive: right when
-  the last dialog turn's time is within 2 s of the ground-truth time (``time accuracy``); the
-  later ``count.py`` also requires ``ground_truth_output`` in that turn's content
-  (``answer accuracy``).
+* ``src/data/count.py`` ``count``: real-time: a question counts when the model's key is
+  present; it is right when the response's first character (``response[0]``) equals
+  ``answer`` (no stripping). Per ``task_type`` and a ``total`` over all questions. An empty
+  response raises ``IndexError`` there (``None`` a ``TypeError``): count.py has no
+  unanswered case, since ``StreamingBench.py`` stores whatever the model returns for every
+  question it runs (and runs again a question whose stored response is empty). Proactive:
+  right when the last dialog turn's time is within 2 s of the ground-truth time (``time
+  accuracy``); the later ``count.py`` also requires ``ground_truth_output`` in that turn's
+  content (``answer accuracy``).
+
+Silence counts as wrong, and every evaluated question is in the denominator, as in the
+official runs. The harness writes :data:`NO_RESPONSE` for a real-time question the policy did
+not answer (silent to the stream's end, or its video failed): count.py reads it and scores it
+wrong, as ``"<"`` is no option letter. :func:`score` also counts ``""`` and ``None`` (on which
+count.py raises) as unanswered and wrong. A proactive question the policy never speaks in is
+written with its silent polls, the last at ground truth + 4 s, so count.py scores it late
+(wrong in time and answer); ``answered`` is false and it counts as unanswered.
 
 As streams: a real-time question is one row that stops at its time stamp, asked there. A
 proactive question is one row asked at ``time_stamp`` that plays to ground truth + 4 s; each
@@ -55,6 +66,9 @@ REAL_TIME_TASKS = {
 }  # fmt: skip
 PROACTIVE_GRACE_S = 4  # polling goes on to ground truth + 4 s
 PROACTIVE_TOLERANCE_S = 2  # count.py: right when within 2 s of the ground truth
+# The real-time response written for a question without one: count.py needs a non-empty string
+# (it reads ``response[0]``), and its first character is no option letter, so it scores wrong.
+NO_RESPONSE = "<no response>"
 
 
 def parse_timestamp(ts: Any, where: str) -> int:
@@ -207,6 +221,21 @@ def find_model_key(data: list[dict]) -> str:
     return keys.pop()
 
 
+def real_time_correct(response: str | None, answer: str) -> bool:
+    """count.py's real-time rule: the response's first character equals the answer letter
+    (``" B"`` and ``"b"`` are wrong for B). No response (``None``, ``""`` or
+    :data:`NO_RESPONSE`) is wrong."""
+    return bool(response) and response[0] == answer
+
+
+def proactive_correct(last_s: float, content: str, gt_s: float, gt_output: str) -> tuple[bool, bool]:
+    """count.py's proactive rules: ``(on time, on time and said)``, where on time is
+    ``-2 <= last_s - gt_s <= 2`` (seconds; ``last_s`` is the time of the record's last dialog
+    turn) and said is ``gt_output in content`` (that turn's content)."""
+    on_time = -PROACTIVE_TOLERANCE_S <= last_s - gt_s <= PROACTIVE_TOLERANCE_S
+    return on_time, on_time and gt_output in content
+
+
 @dataclass
 class SBScore:
     """Official StreamingBench counts (``count.py``).
@@ -214,22 +243,29 @@ class SBScore:
     Attributes:
         tasks: task_type -> ``(total, correct)`` for real-time questions.
         proactive: ``(total, time_correct, answer_correct)``, or None when not scored.
-        unanswered: questions skipped because the model's response is missing or empty.
+        unanswered: real-time questions without a response (``None``, ``""`` or
+            :data:`NO_RESPONSE`); they are in ``tasks`` and scored wrong.
+        proactive_unanswered: proactive questions the model never spoke in (``answered`` false);
+            they are in ``proactive`` and scored wrong by the time rule.
     """
 
     tasks: dict[str, tuple[int, int]] = field(default_factory=dict)
     proactive: tuple[int, int, int] | None = None
     unanswered: int = 0
+    proactive_unanswered: int = 0
 
     @property
     def total(self) -> tuple[int, int]:
         """``(total, correct)`` over all real-time questions (count.py's ``total`` row)."""
         return sum(t for t, _ in self.tasks.values()), sum(c for _, c in self.tasks.values())
 
-    def table(self, model: str):
-        """A rich table in the leaderboard's layout: the real-time tasks in its column order,
-        then the group's overall accuracy, then proactive output (percent)."""
+    def report(self, model: str):
+        """A rich renderable: a table in the leaderboard's layout (the real-time tasks in its
+        column order, then the group's overall accuracy, then proactive output, in percent),
+        and a line with how many questions went unanswered (counted as wrong)."""
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"StreamingBench: {model} (accuracy %, questions in brackets)")
         cells = []
@@ -249,7 +285,12 @@ class SBScore:
             table.add_column("Proactive (time+answer)", justify="right")
             cells += [_pct(n, time_ok), _pct(n, answer_ok)]
         table.add_row(*cells)
-        return table
+        unanswered = []
+        if self.tasks:
+            unanswered.append(f"real-time: {self.unanswered} of {self.total[0]} unanswered")
+        if self.proactive is not None:
+            unanswered.append(f"proactive: {self.proactive_unanswered} of {self.proactive[0]} unanswered")
+        return Group(table, Text("; ".join(unanswered) + " (scored as wrong)")) if unanswered else table
 
 
 def _pct(total: int, correct: int) -> str:
@@ -257,7 +298,8 @@ def _pct(total: int, correct: int) -> str:
 
 
 def score(real: list[dict] | None, proactive: list[dict] | None, model: str) -> SBScore:
-    """Score output files (their parsed JSON) as ``count.py`` does.
+    """Score output files (their parsed JSON) as ``count.py`` does, with silence as wrong (see
+    the module docstring). Questions without the model's key are not counted, as in count.py.
 
     Raises:
         RowError: a question's record is malformed (names the entry and question).
@@ -269,15 +311,15 @@ def score(real: list[dict] | None, proactive: list[dict] | None, model: str) -> 
             if model not in question:
                 continue
             response = question[model]
-            if not response:  # count.py: `if model_answer:`
-                out.unanswered += 1
-                continue
-            try:
-                counts = tasks.setdefault(question["task_type"], [0, 0])
-                counts[1] += int(response[0] == question["answer"])
-            except (KeyError, TypeError) as err:
-                raise RowError(f"[{e}].questions[{q}]", f"malformed real-time record: {err!r}") from None
+            if (response is not None and not isinstance(response, str)) or not all(
+                isinstance(question.get(k), str) for k in ("task_type", "answer")
+            ):
+                raise RowError(f"[{e}].questions[{q}]", "a real-time record needs 'task_type', 'answer' and "
+                               f"the response (strings); the response is {response!r}")  # fmt: skip
+            counts = tasks.setdefault(question["task_type"], [0, 0])
             counts[0] += 1
+            counts[1] += real_time_correct(response, question["answer"])
+            out.unanswered += response in (None, "", NO_RESPONSE)
     out.tasks = {k: (v[0], v[1]) for k, v in tasks.items()}
     if proactive is not None:
         n = time_ok = answer_ok = 0
@@ -286,15 +328,19 @@ def score(real: list[dict] | None, proactive: list[dict] | None, model: str) -> 
                 if model not in question:
                     continue
                 record = question[model]
+                where = f"[{e}].questions[{q}]"
                 try:
                     last = record["dialog_history"][-1]
-                    gt = parse_timestamp(question["ground_truth_time_stamp"], f"[{e}].questions[{q}]")
-                    on_time = -PROACTIVE_TOLERANCE_S <= last["time"] - gt <= PROACTIVE_TOLERANCE_S
-                    said = question["ground_truth_output"] in (last["content"] or "")
-                except (KeyError, IndexError, TypeError) as err:
-                    raise RowError(f"[{e}].questions[{q}]", f"malformed proactive record: {err!r}") from None
+                    gt = parse_timestamp(question["ground_truth_time_stamp"], where)
+                    on_time, said = proactive_correct(
+                        last["time"], last["content"] or "", gt, question["ground_truth_output"]
+                    )
+                    silent = not record.get("answered")
+                except (KeyError, IndexError, TypeError, AttributeError) as err:
+                    raise RowError(where, f"malformed proactive record: {err!r}") from None
                 n += 1
                 time_ok += on_time
-                answer_ok += on_time and said
+                answer_ok += said
+                out.proactive_unanswered += silent
         out.proactive = (n, time_ok, answer_ok)
     return out

@@ -398,7 +398,7 @@ def _cmd_eval_score(args) -> None:
         if len(v) > 1:
             raise StreamReasonError(f"{d}: several {k}_output_*.json files; keep one per folder")
     model = args.model_name or streamingbench.find_model_key(next(x for x in data.values() if x is not None))
-    console.print(streamingbench.score(data["real"], data["proactive"], model).table(model))
+    console.print(streamingbench.score(data["real"], data["proactive"], model).report(model))
 
 
 def _eval_row(name: str, mean: dict, stderr: dict) -> dict:

@@ -17,14 +17,25 @@ def shared_data() -> Path:
     return DATA
 
 
+def _official(module: str):
+    """A verbatim copy of an official scorer beside this file, imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module, Path(__file__).with_name(f"{module}.py"))
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def official_ovo_scorer():
     """OVO-Bench's own ``OVOBenchOfflineScore`` (``official_ovo_score.py``, verbatim)."""
-    import importlib.util
+    return _official("official_ovo_score").OVOBenchOfflineScore
 
-    spec = importlib.util.spec_from_file_location(
-        "official_ovo_score", Path(__file__).with_name("official_ovo_score.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.OVOBenchOfflineScore
+
+@pytest.fixture(scope="session")
+def official_streamingbench_count():
+    """StreamingBench's own ``count`` (``official_streamingbench_count.py``, verbatim):
+    ``count(args)`` with ``args.task``, ``args.src``, ``args.model``; it writes
+    ``{model}_stats.json`` and ``.csv`` to the working directory."""
+    return _official("official_streamingbench_count").count

@@ -3,6 +3,7 @@
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -40,8 +41,8 @@ def test_synthetic_benchmark_with_the_tiny_model(tiny_model_dir, synth, tmp_path
 
 
 class Oracle(Engine):
-    """Answers each question right in the chunk where it becomes answerable (the last chunk
-    for times at or past the stream's end), silent otherwise."""
+    """Answers each question of ``rows`` right in the chunk where it becomes answerable (the
+    last chunk for times at or past the stream's end), silent otherwise and on other rows."""
 
     def __init__(self, encoder, rows, chunk_seconds):
         self.encoder, self.cs, self.rows = encoder, chunk_seconds, {r.id: r for r in rows}
@@ -50,11 +51,10 @@ class Oracle(Engine):
         out = []
         for req in requests:
             row_id, _, k = req.key
-            row = self.rows[row_id]
-            last = math.ceil(row.end_s / self.cs) - 1 if row.end_s else math.inf
-            answer = next(
-                (q.answer for q in row.queries if min(math.floor(q.answer_time_s / self.cs), last) == k), None
-            )
+            row = self.rows.get(row_id)
+            last = math.ceil(row.end_s / self.cs) - 1 if row and row.end_s else math.inf
+            answer = next((q.answer for q in row.queries
+                           if min(math.floor(q.answer_time_s / self.cs), last) == k), None) if row else None  # fmt: skip
             text = self.encoder.protocol.render("watching", "response" if answer else "silent", answer)
             ids = [*self.encoder.text(text), self.encoder.end_of_turn_id]
             out.append(Generation(ids, [0.0] * len(ids), [False] * len(ids), "stop"))
@@ -149,6 +149,62 @@ def test_streamingbench_harness_polls_proactive_questions(tiny_model_dir, synth,
     capsys.readouterr()
     main(["eval", "score", "--benchmark", "streamingbench", str(tmp_path / "out")])
     assert "100.00 (1)" in capsys.readouterr().out
+
+
+def test_streamingbench_silence_is_scored_wrong_by_count_py_and_eval_score(
+    tiny_model_dir, synth, tmp_path, capsys, monkeypatch, official_streamingbench_count
+):
+    """A policy silent on one of two real-time questions and on the proactive one: the written
+    files are read by StreamingBench's own count.py without error, which gives 1 of 2 and 0 of
+    1, as the harness and ``eval score`` do; both print how many went unanswered."""
+    video = "./" + sorted(p.name for p in (synth.parent / "videos").iterdir())[0]
+    ask = {
+        "task_type": "Counting",
+        "question": "How many?",
+        "answer": "B",
+        "options": ["A. 1", "B. 2", "C. 3", "D. 4"],
+    }
+    real = [
+        {
+            "video_path": video,
+            "questions": [{**ask, "time_stamp": "00:00:04"}, {**ask, "time_stamp": "00:00:05"}],
+        }
+    ]
+    proactive = [{"video_path": video, "questions": [
+        {"task_type": "Proactive Output", "question": 'When a shape moves, output "now".', "time_stamp": "00:00:01",
+         "ground_truth_time_stamp": "00:00:03", "ground_truth_output": "now"}]}]  # fmt: skip
+    paths = [tmp_path / "questions_real.json", tmp_path / "questions_proactive.json"]
+    for p, data in zip(paths, (real, proactive), strict=True):
+        p.write_text(json.dumps(data))
+    root = synth.parent / "videos"
+    cfg = _cfg(tiny_model_dir)
+    answered = [r for r in read_source("streamingbench-real", paths[0], root).rows if r.id == "sb-real-0-0"]
+    out = tmp_path / "out"
+    summary = run_benchmark("streamingbench", cfg, anno=[str(p) for p in paths], video_root=str(root),
+                            out_dir=out, name="half", stack=_stack(cfg, answered))  # fmt: skip
+    s = summary["scores"]
+    assert s["tasks"] == {"Counting": {"total": 2, "correct": 1}} and s["unanswered"] == 1
+    assert (
+        s["proactive"] == {"total": 1, "time_correct": 0, "answer_correct": 0}
+        and s["proactive_unanswered"] == 1
+    )
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["response"], p["score"]) for p in preds] == [("B", 1.0), (None, 0.0), (None, 0.0)]
+    monkeypatch.chdir(tmp_path)
+    official_streamingbench_count(
+        SimpleNamespace(task="real", src=str(out / "real_output_half.json"), model="half")
+    )
+    stats = json.loads((tmp_path / "half_stats.json").read_text())
+    assert stats["total"] == {"total": 2, "correct": 1, "accuracy": 0.5}
+    official_streamingbench_count(SimpleNamespace(task="proactive", src=str(out / "proactive_output_half.json"),
+                                                  model="half"))  # fmt: skip
+    stats = json.loads((tmp_path / "half_stats.json").read_text())
+    assert (stats["Proactive Output"]["total"], stats["Proactive Output"]["time_correct"]) == (1, 0)
+    capsys.readouterr()
+    main(["eval", "score", "--benchmark", "streamingbench", str(out)])
+    printed = capsys.readouterr().out
+    assert "50.00 (2)" in printed and "0.00 (1)" in printed
+    assert "real-time: 1 of 2 unanswered; proactive: 1 of 1 unanswered (scored as wrong)" in printed
 
 
 def test_synthetic_benchmark_scores_gold_answers_as_right_and_on_time(tiny_model_dir, synth, tmp_path):

@@ -3,13 +3,14 @@
 import copy
 import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from streamreason.cli import main
 from streamreason.errors import RowError
-from streamreason.evals import ovo, streamingbench
+from streamreason.evals import harness, ovo, streamingbench
 
 MC = ["{gt}", "{other}", "B. A person with a hat", "{gt_lower}", None, "The answer is {gt}.", "", "({gt})"]
 REC = ["{count}", "1, 2", "{count} times", "no", None, "0", "I count {count}, maybe {count}"]
@@ -136,7 +137,8 @@ def test_eval_score_ovo_reads_every_file_of_the_model_folder(shared_data, tmp_pa
 
 def _sb_real():
     qs = [("Counting", "C", "C"), ("Counting", "B", " B"), ("Object Recognition", "A", "a"),
-          ("Object Recognition", "D", ""), ("Object Recognition", "D", None), ("Object Recognition", "D", "D. the cup")]  # fmt: skip
+          ("Object Recognition", "D", ""), ("Object Recognition", "D", None), ("Object Recognition", "D", "D. the cup"),
+          ("Object Recognition", "A", streamingbench.NO_RESPONSE)]  # fmt: skip
     questions = []
     for task, answer, response in qs:
         q = {"task_type": task, "question": "?", "time_stamp": "00:00:05", "answer": answer,
@@ -148,22 +150,121 @@ def _sb_real():
 
 
 def _sb_proactive():
-    def q(last_time, content):
+    def q(polls, answered):
         return {"task_type": "Proactive Output", "question": 'When the score is 3, output "3".',
                 "time_stamp": "00:00:20", "ground_truth_time_stamp": "00:00:29", "ground_truth_output": "3",
-                "M": streamingbench.proactive_record([(21, ""), (last_time, content)], last_time)}  # fmt: skip
+                "M": streamingbench.proactive_record(polls, answered)}  # fmt: skip
 
-    return [{"video_path": "./videos/p.mp4", "questions": [q(31, "3"), q(32, "3"), q(27, "no")]}]
+    silent = [(t, "") for t in range(21, 34)]  # polled to ground truth + 4 s, never spoke
+    return [{"video_path": "./videos/p.mp4", "questions": [
+        q([(21, ""), (31, "3")], 31), q([(21, ""), (32, "3")], 32), q([(21, ""), (27, "no")], 27), q(silent, None)]}]  # fmt: skip
 
 
 def test_streamingbench_official_rules_on_hand_checked_responses():
-    """Real-time: the first character must equal the letter (no stripping, case-sensitive);
-    empty responses are not counted. Proactive: the last turn within 2 s of the ground truth,
-    and (answer accuracy) the ground-truth output in its content."""
+    """Real-time: the first character must equal the letter (no stripping, case-sensitive); a
+    question without a response ("", or the harness's NO_RESPONSE) is in the denominator,
+    wrong, and counted unanswered; one without the model's key is not counted. Proactive: the
+    last turn within 2 s of the ground truth, and (answer accuracy) the ground-truth output in
+    its content; never speaking is late, so wrong."""
     score = streamingbench.score(_sb_real(), _sb_proactive(), "M")
-    assert score.tasks == {"Counting": (2, 1), "Object Recognition": (2, 1)}
-    assert score.total == (4, 2) and score.unanswered == 1
-    assert score.proactive == (3, 2, 1)
+    assert score.tasks == {"Counting": (2, 1), "Object Recognition": (4, 1)}
+    assert score.total == (6, 2) and score.unanswered == 2
+    assert score.proactive == (4, 2, 1) and score.proactive_unanswered == 1
+
+
+def _count_py(count, tmp_path, monkeypatch, task: str, src: Path, model: str) -> dict:
+    """StreamingBench's ``count.py`` on a file: its ``{model}_stats.json``."""
+    monkeypatch.chdir(tmp_path)
+    count(SimpleNamespace(task=task, src=str(src), model=model))
+    return json.loads((tmp_path / f"{model}_stats.json").read_text())
+
+
+SB_REAL_PICKS = ["{gt}", "{other}", " {gt}", "{gt_lower}", None, "{gt}. the answer", ""]
+
+
+def _sb_predictions(rows, seed):
+    """Predictions drawn from count.py's edge cases; ``None`` is a silent policy. Proactive: a
+    silent policy polls to ground truth + 4 s; one that speaks does so 0 to 5 s after the ground
+    truth (2 s is the limit), with or without the expected output."""
+    rng = random.Random(seed)
+    preds = {}
+    for row in rows:
+        (q,) = row.queries
+        p = harness.Prediction(row.id, row.task, 0, q.time_s, q.answer_time_s, q.answer)
+        if row.id.startswith("sb-real"):
+            pick = rng.choice(SB_REAL_PICKS)
+            other = "ABCD"[("ABCD".index(q.answer) + 1) % 4]
+            p.response = (
+                pick if pick is None else pick.format(gt=q.answer, other=other, gt_lower=q.answer.lower())
+            )
+        else:
+            end = q.answer_time_s + streamingbench.PROACTIVE_GRACE_S
+            spoke = None if rng.random() < 0.3 else q.answer_time_s + rng.randint(0, 5)
+            polls = [(float(t), "") for t in range(int(q.time_s) + 1, int(spoke or end) + 1)]
+            if spoke is not None and polls:
+                p.response, p.response_s = rng.choice([q.answer, "no idea"]), float(spoke)
+                polls[-1] = (float(spoke), p.response)
+            p.polls = tuple(polls)
+        preds[row.id] = [p]
+    return preds
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streamingbench_harness_files_score_the_same_under_count_py(
+    shared_data, official_streamingbench_count, tmp_path, monkeypatch, seed
+):
+    """The harness's result files for all 2,500 real-time and 250 proactive questions, a third
+    or so unanswered: StreamingBench's own count.py reads them (no crash) and gives the same
+    per-task, total and proactive counts as ``eval score``; the unanswered questions are in
+    the denominator as wrong, and ``predictions.jsonl``'s per-item scores add up to the same."""
+    anno = [
+        str(shared_data / "streamingbench" / f) for f in ("questions_real.json", "questions_proactive.json")
+    ]
+    rows, _ = harness.load_benchmark_rows("streamingbench", anno, None)
+    preds = _sb_predictions(rows, seed)
+    files = harness.write_official("streamingbench", anno, rows, preds, tmp_path, "M")
+    scores, _ = harness.score_official("streamingbench", files, "M")
+    real = _count_py(official_streamingbench_count, tmp_path, monkeypatch, "real", files[0], "M")
+    assert {k: {"total": v["total"], "correct": v["correct"]} for k, v in real.items()} == {
+        **scores["tasks"], "total": scores["real_time_total"]}  # fmt: skip
+    silent = sum(p.response in (None, "") for (p,) in preds.values() if p.row_id.startswith("sb-real"))
+    assert scores["real_time_total"]["total"] == 2500 and scores["unanswered"] == silent > 500
+    proactive = _count_py(official_streamingbench_count, tmp_path, monkeypatch, "proactive", files[1], "M")
+    assert {k: v for k, v in proactive["Proactive Output"].items() if not k.endswith("accuracy")} == {
+        "total": 250, "time_correct": scores["proactive"]["time_correct"],
+        "answer_correct": scores["proactive"]["answer_correct"]}  # fmt: skip
+    never = sum(p.response is None for (p,) in preds.values() if p.row_id.startswith("sb-pro"))
+    assert scores["proactive_unanswered"] == never > 30
+    by_id = {r.id: r for r in rows}
+    items = [harness.item_score("streamingbench", by_id[i], p) for i, (p,) in preds.items()]
+    assert sum(items) == scores["real_time_total"]["correct"] + scores["proactive"]["answer_correct"]
+
+
+def test_count_py_crashes_on_empty_responses_which_score_counts_as_wrong(
+    official_streamingbench_count, tmp_path, monkeypatch
+):
+    """Why the harness writes NO_RESPONSE and not "": count.py reads ``response[0]``."""
+    data = _sb_real()
+    path = tmp_path / "real_output_M.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(IndexError):
+        _count_py(official_streamingbench_count, tmp_path, monkeypatch, "real", path, "M")
+    data[0]["questions"][3]["M"] = streamingbench.NO_RESPONSE
+    path.write_text(json.dumps(data))
+    stats = _count_py(official_streamingbench_count, tmp_path, monkeypatch, "real", path, "M")
+    assert stats["total"]["total"] == 6 and stats["total"]["correct"] == 2
+    assert streamingbench.score(data, None, "M").total == streamingbench.score(_sb_real(), None, "M").total
+
+
+def test_streamingbench_bad_records_are_named():
+    data = _sb_real()
+    data[0]["questions"][1]["M"] = 5
+    with pytest.raises(RowError, match=r"\[0\]\.questions\[1\].*the response is 5"):
+        streamingbench.score(data, None, "M")
+    pro = _sb_proactive()
+    pro[0]["questions"][2]["M"]["dialog_history"] = []
+    with pytest.raises(RowError, match=r"\[0\]\.questions\[2\]: malformed proactive record"):
+        streamingbench.score(None, pro, "M")
 
 
 def test_streamingbench_timestamps_parse_as_the_official_code():
@@ -178,5 +279,6 @@ def test_eval_score_streamingbench_prints_the_leaderboard_columns(tmp_path, caps
     (tmp_path / "proactive_output_M.json").write_text(json.dumps(_sb_proactive()))
     main(["eval", "score", "--benchmark", "streamingbench", str(tmp_path)])
     out = capsys.readouterr().out
-    for cell in ("OP", "CT", "Real-Time All", "50.00 (2)", "50.00 (4)", "66.67 (3)", "33.33 (3)"):
+    for cell in ("OP", "CT", "Real-Time All", "50.00 (2)", "25.00 (4)", "33.33 (6)", "50.00 (4)", "25.00 (4)",
+                 "real-time: 2 of 6 unanswered; proactive: 1 of 4 unanswered (scored as wrong)"):  # fmt: skip
         assert cell in out
