@@ -90,14 +90,16 @@ class ProtocolConfig:
 class Protocol:
     """Base class: tags, prompts and the parser.
 
-    Subclasses set ``system_prompt`` and ``FORMAT`` (the regex a well-formed turn matches, end
-    token excluded) and implement :meth:`read`.
+    Subclasses set ``system_prompt``, ``DECISION`` (what follows the think span) and ``FORMAT`` (the regex a well-formed turn matches in
+    full, end token excluded, leading whitespace dropped) and implement :meth:`read`, which
+    explains a turn that fails ``FORMAT``.
     """
 
     name: ClassVar[str]
     think_open: ClassVar[str] = "<think>"
     think_close: ClassVar[str] = "</think>"
     system_prompt: ClassVar[str]
+    DECISION: ClassVar[re.Pattern]
     FORMAT: ClassVar[re.Pattern]
 
     def chunk_header(self, start_s: float, end_s: float) -> str:
@@ -116,6 +118,11 @@ class Protocol:
     def parse(self, text: str, ended: bool = True) -> ParsedTurn:
         """Parse one assistant turn. Never raises: malformed text gives ``format_ok=False``.
 
+        ``format_ok`` is ``ended and FORMAT.fullmatch(text.lstrip())``: for watch_think_speak,
+        ThinkStream's ``_check_chunk_format`` (``thinkstream/trainer/grpo.py``) on the turn with
+        its end token, exactly (a second ``</think>``, an empty ``<response>`` and text up to a
+        later ``</think>`` are well formed; a space after ``<silent>`` is not).
+
         Args:
             text: the decoded turn, end-of-turn token removed.
             ended: whether the turn ended with the end-of-turn token (not cut by max tokens).
@@ -124,8 +131,15 @@ class Protocol:
             return ParsedTurn("invalid", None, None, False, (f"turn is {type(text).__name__}, not text",))
         errors: list[str] = []
         action, think, response = self.read(text, errors)
-        if not errors and not self.FORMAT.match(text.strip()):  # read() is lenient about spaces
-            errors.append(f"turn does not match {self.FORMAT.pattern} exactly (no space between tags)")
+        # FORMAT decides; read() only says why a turn fails it. ThinkStream's _check_chunk_format
+        # (thinkstream/trainer/grpo.py) matches (text + end).strip(): leading space is dropped,
+        # space before the end token is not.
+        if self.FORMAT.fullmatch(text.lstrip()):
+            errors = []
+        elif not errors:
+            errors.append(
+                f"turn does not match {self.FORMAT.pattern} in full (no space between tags, nor before the end token)"
+            )
         if not ended:
             errors.append("turn cut by max_new_tokens before its end-of-turn token")
         format_ok = ended and not errors
@@ -161,8 +175,14 @@ def get_protocol(name: str) -> Protocol:
     return _PROTOCOLS[name]()
 
 
-def _split_think(text: str, open_tag: str, close_tag: str, errors: list[str]) -> tuple[str | None, str]:
-    """``(think, rest)``; records what is missing in ``errors``."""
+def _split_think(
+    text: str, open_tag: str, close_tag: str, errors: list[str], decision: re.Pattern
+) -> tuple[str | None, str]:
+    """``(think, rest)``; records what is missing in ``errors``.
+
+    The think span ends at the first ``close_tag`` that ``decision`` follows in full, else at
+    the first ``close_tag``: the split of ``<think>.*?</think>(decision)`` (lazy, so a later
+    ``</think>`` can end the span, as in ThinkStream's format regex)."""
     stripped = text.lstrip()
     if not stripped.startswith(open_tag):
         errors.append(f"turn does not start with {open_tag}")
@@ -174,8 +194,9 @@ def _split_think(text: str, open_tag: str, close_tag: str, errors: list[str]) ->
     if close_tag not in body:
         errors.append(f"{open_tag} is never closed by {close_tag}")
         return body.strip(), ""
-    think, rest = body.split(close_tag, 1)
-    return think.strip(), rest
+    cuts = [m.start() for m in re.finditer(re.escape(close_tag), body)]
+    cut = next((i for i in cuts if decision.fullmatch(body[i + len(close_tag) :])), cuts[0])
+    return body[:cut].strip(), body[cut + len(close_tag) :]
 
 
 @register_protocol("watch_think_speak")
@@ -188,10 +209,11 @@ class WatchThinkSpeak(Protocol):
         "write <response> followed by the answer; otherwise write <silent>. Answer each question "
         "once, as soon as the video shows the answer, and never before."
     )
-    FORMAT = re.compile(r"^<think>.*?</think>(<response>.*|<silent>)$", re.DOTALL)
+    DECISION = re.compile(r"<response>.*|<silent>", re.DOTALL)
+    FORMAT = re.compile(rf"^<think>.*?</think>({DECISION.pattern})$", re.DOTALL)
 
     def read(self, text, errors):
-        think, rest = _split_think(text, self.think_open, self.think_close, errors)
+        think, rest = _split_think(text, self.think_open, self.think_close, errors, self.DECISION)
         rest_s = rest.strip()
         if "<response>" in rest_s:
             action, response = "response", rest_s.split("<response>", 1)[1].strip()
@@ -219,12 +241,13 @@ class Streamo(Protocol):
         "happening, <standby> when evidence for a question is arriving but the answer is not yet "
         "certain, or <response> followed by the answer when it can be given now."
     )
-    FORMAT = re.compile(r"^(<think>.*?</think>)?(<response>.+|<silent>|<standby>)$", re.DOTALL)
+    DECISION = re.compile(r"<response>.*\S.*|<silent>|<standby>", re.DOTALL)
+    FORMAT = re.compile(rf"^(<think>.*?</think>)?({DECISION.pattern})$", re.DOTALL)
 
     def read(self, text, errors):
         think, rest = None, text
         if self.think_open in text or self.think_close in text:
-            think, rest = _split_think(text, self.think_open, self.think_close, errors)
+            think, rest = _split_think(text, self.think_open, self.think_close, errors, self.DECISION)
         rest_s = rest.strip()
         response = None
         if rest_s.startswith("<response>"):

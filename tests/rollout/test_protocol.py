@@ -13,6 +13,12 @@ WTS = get_protocol("watch_think_speak")
         ("<think>it appeared</think><response>yes", "response", "yes", "it appeared"),
         ("<think>x</think><response> B. red ", "response", "B. red", "x"),
         ("<think></think><silent>", "silent", None, ""),
+        # ThinkStream's _check_chunk_format (thinkstream/trainer/grpo.py l. 41-49) accepts these:
+        # an empty response, a lazy .*? ending at a later </think>, leading space (strip()).
+        ("<think>a</think><response>", "response", "", "a"),
+        ("<think>a</think>b</think><silent>", "silent", None, "a</think>b"),
+        ("<think>a</think><response>x</think><silent>", "response", "x</think><silent>", "a"),
+        ("  <think>a</think><silent>", "silent", None, "a"),
     ],
 )
 def test_well_formed_turns(text, action, response, think):
@@ -28,7 +34,12 @@ def test_well_formed_turns(text, action, response, think):
         ("<think>a</think>", True, "invalid", "no <response> or <silent>"),
         ("<think>a</think><silent> and more", True, "silent", "text after <silent>"),
         ("<think>a</think>hmm<response>C", True, "response", "between </think> and <response>"),
-        ("<think>a</think><response>", True, "response", "empty <response>"),
+        (
+            "<think>a</think><silent> ",
+            True,
+            "silent",
+            "nor before the end token",
+        ),  # grpo.py l. 49: (text + end).strip()
         ("<think>a</think><silent>", False, "silent", "cut by max_new_tokens"),
         ("", True, "invalid", "does not start with <think>"),
         ("\x00\ufffd<|im_start|>", True, "invalid", "no <response> or <silent>"),
