@@ -17,6 +17,13 @@ from streamreason.rewards.builtin import (
 from streamreason.rewards.composite import THINKSTREAM_WEIGHTS, CompositeReward, RewardConfig, RewardResult
 from streamreason.rewards.outcomes import QueryOutcome, query_outcomes
 from streamreason.rewards.registry import RewardFn, get_reward, list_rewards, register_reward
+from streamreason.rewards.thinkstream import (
+    literal_answer,
+    thinkstream_correctness_reward,
+    thinkstream_efficiency_reward,
+    thinkstream_outcomes,
+    thinkstream_timing_reward,
+)
 
 __all__ = [
     "THINKSTREAM_WEIGHTS",
@@ -32,10 +39,15 @@ __all__ = [
     "format_reward",
     "get_reward",
     "list_rewards",
+    "literal_answer",
     "parse_answer",
     "query_outcomes",
     "register_reward",
     "response_count_reward",
+    "thinkstream_correctness_reward",
+    "thinkstream_efficiency_reward",
+    "thinkstream_outcomes",
+    "thinkstream_timing_reward",
     "timing_asymmetric_reward",
     "timing_reward",
 ]

@@ -13,6 +13,7 @@ Rules (ThinkStream scores one query per trajectory; these extend it to several):
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamreason.rewards.answers import answer_kind, answers_match, parse_answer
@@ -44,14 +45,18 @@ class QueryOutcome:
     correct: bool | None
 
 
-def attributed_responses(episode: Episode) -> list[tuple[Query, list[TurnOutcome]]]:
+def attributed_responses(
+    episode: Episode, is_response: Callable[[TurnOutcome], bool] = lambda t: t.action == "response"
+) -> list[tuple[Query, list[TurnOutcome]]]:
     """Each query of ``episode`` in order of ``time_s``, with the response turns that rule 1
-    attributes to it (in chunk order, parseable or not)."""
+    attributes to it (in chunk order, parseable or not). ``is_response`` says which turns are
+    responses (default: the parser's action; ThinkStream's rewards: a ``<response>`` anywhere
+    in the text, :mod:`streamreason.rewards.thinkstream`)."""
     queries = sorted(episode.queries, key=lambda q: q.time_s)
     ask_chunks = [episode.chunk_of(q.time_s) for q in queries]
     responses: list[list[TurnOutcome]] = [[] for _ in queries]
     for turn in episode.turns:
-        if queries and turn.action == "response":
+        if queries and is_response(turn):
             responses[max(bisect_right(ask_chunks, turn.chunk_index) - 1, 0)].append(turn)
     return list(zip(queries, responses, strict=True))
 

@@ -124,6 +124,7 @@ class Trajectory:
                 think_tokens=t.think_tokens,
                 response=t.parsed.response,
                 format_ok=t.parsed.format_ok,
+                text=t.text,
             )  # fmt: skip
             for t in self.turns
         ]

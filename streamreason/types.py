@@ -251,6 +251,8 @@ class TurnOutcome:
         think_tokens: tokens inside the think span (0 when none).
         response: the text after ``<response>`` (stripped) when ``action == "response"``.
         format_ok: the turn matched the protocol's format exactly.
+        text: the decoded turn, end-of-turn token removed (what ThinkStream's rewards read,
+            ``rewards/thinkstream.py``); None in episodes built without it.
     """
 
     chunk_index: int
@@ -261,6 +263,7 @@ class TurnOutcome:
     think_tokens: int = 0
     response: str | None = None
     format_ok: bool = False
+    text: str | None = None
 
 
 @dataclass
