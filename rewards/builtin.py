@@ -119,8 +119,11 @@ def efficiency_reward(episode: Episode, min_think_tokens: int = 15, think_step_t
 
     Think-length factor, on the average ``think_tokens`` over all turns (tokens; 0 when there
     are no turns): 1 if avg ≥ ``min_think_tokens``, else
-    floor(avg / step) · step / (min_think_tokens + step), step = ``think_step_tokens``.
-    With the defaults this is ThinkStream's floor(avg / 5) / 4 (avg 12 → 0.5).
+    floor(avg / step) · step / (min_think_tokens + step), step = ``think_step_tokens``
+    (defaults: floor(avg / 5) / 4, avg 12 → 0.5). Not ThinkStream's rule, which measures the
+    span with its tags over the turns that close it
+    (:func:`~streamreason.rewards.thinkstream.thinkstream_efficiency_reward`; docs/rewards.md
+    says why both exist).
     Response-count factor: :func:`response_count_reward`.
 
     Raises:
