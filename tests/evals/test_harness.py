@@ -114,21 +114,39 @@ def test_ovo_harness_writes_official_results_that_score_the_same(tiny_model_dir,
     assert "Total Avg.: 83.33" in scored
 
 
-def test_streamingbench_harness_polls_proactive_questions(tiny_model_dir, synth, tmp_path, capsys):
-    """Gold answers: the real-time question is right; the proactive one speaks in the
-    ground-truth second, so its poll time (end of that chunk) is within 2 s and it says the
-    output. The written files score the same through ``eval score``."""
-    video = "./" + sorted(p.name for p in (synth.parent / "videos").iterdir())[0]
-    real = [{"time": "[0:00:00 - 0:00:05]", "video_path": video, "questions": [
-        {"task_type": "Counting", "question": "How many?", "time_stamp": "00:00:04", "answer": "B",
-         "options": ["A. 1", "B. 2", "C. 3", "D. 4"]}]}]  # fmt: skip
+def _streamingbench_files(synth, tmp_path, times):
+    """StreamingBench annotation files over the first synthetic video: one real-time Counting
+    question (answer B) per time in ``times`` and one proactive question (ground truth "now" at
+    3 s). Returns ``([real_path, proactive_path], video_root)``."""
+    root = synth.parent / "videos"
+    video = "./" + sorted(p.name for p in root.iterdir())[0]
+    ask = {
+        "task_type": "Counting",
+        "question": "How many?",
+        "answer": "B",
+        "options": ["A. 1", "B. 2", "C. 3", "D. 4"],
+    }
+    real = [
+        {
+            "time": "[0:00:00 - 0:00:05]",
+            "video_path": video,
+            "questions": [{**ask, "time_stamp": t} for t in times],
+        }
+    ]
     proactive = [{"time": "[0:00:00 - 0:00:05]", "video_path": video, "questions": [
         {"task_type": "Proactive Output", "question": 'When a shape moves, output "now".', "time_stamp": "00:00:01",
          "ground_truth_time_stamp": "00:00:03", "ground_truth_output": "now"}]}]  # fmt: skip
     paths = [tmp_path / "questions_real.json", tmp_path / "questions_proactive.json"]
     for p, data in zip(paths, (real, proactive), strict=True):
         p.write_text(json.dumps(data))
-    root = synth.parent / "videos"
+    return paths, root
+
+
+def test_streamingbench_harness_polls_proactive_questions(tiny_model_dir, synth, tmp_path, capsys):
+    """Gold answers: the real-time question is right; the proactive one speaks in the
+    ground-truth second, so its poll time (end of that chunk) is within 2 s and it says the
+    output. The written files score the same through ``eval score``."""
+    paths, root = _streamingbench_files(synth, tmp_path, ["00:00:04"])
     cfg = _cfg(tiny_model_dir)
     rows = read_source("streamingbench-real", paths[0], root).rows + read_source(
         "streamingbench-proactive", paths[1], root).rows  # fmt: skip
@@ -157,26 +175,7 @@ def test_streamingbench_silence_is_scored_wrong_by_count_py_and_eval_score(
     """A policy silent on one of two real-time questions and on the proactive one: the written
     files are read by StreamingBench's own count.py without error, which gives 1 of 2 and 0 of
     1, as the harness and ``eval score`` do; both print how many went unanswered."""
-    video = "./" + sorted(p.name for p in (synth.parent / "videos").iterdir())[0]
-    ask = {
-        "task_type": "Counting",
-        "question": "How many?",
-        "answer": "B",
-        "options": ["A. 1", "B. 2", "C. 3", "D. 4"],
-    }
-    real = [
-        {
-            "video_path": video,
-            "questions": [{**ask, "time_stamp": "00:00:04"}, {**ask, "time_stamp": "00:00:05"}],
-        }
-    ]
-    proactive = [{"video_path": video, "questions": [
-        {"task_type": "Proactive Output", "question": 'When a shape moves, output "now".', "time_stamp": "00:00:01",
-         "ground_truth_time_stamp": "00:00:03", "ground_truth_output": "now"}]}]  # fmt: skip
-    paths = [tmp_path / "questions_real.json", tmp_path / "questions_proactive.json"]
-    for p, data in zip(paths, (real, proactive), strict=True):
-        p.write_text(json.dumps(data))
-    root = synth.parent / "videos"
+    paths, root = _streamingbench_files(synth, tmp_path, ["00:00:04", "00:00:05"])
     cfg = _cfg(tiny_model_dir)
     answered = [r for r in read_source("streamingbench-real", paths[0], root).rows if r.id == "sb-real-0-0"]
     out = tmp_path / "out"
