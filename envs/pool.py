@@ -107,6 +107,14 @@ class _Env:
     actions: list[str] | None = None
 
 
+@dataclass
+class EnvPoolConfig:
+    """Where envs run: ``num_workers`` Ray actors, or in this process (debugging)."""
+
+    num_workers: int = 2
+    in_process: bool = False
+
+
 class EnvPool:
     """Streaming envs spread over ``num_workers`` workers, stepped in batches.
 

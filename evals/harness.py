@@ -270,9 +270,8 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
     from rich.console import Console
     from tqdm.auto import tqdm
 
-    from streamreason.cli import rollout_stack
-    from streamreason.envs.pool import EnvPool
     from streamreason.rollout.loop import run_rollouts
+    from streamreason.stack import build_policy, make_env_pool
 
     console = console or Console(width=160)
     out_dir = Path(out_dir)
@@ -288,10 +287,13 @@ def run_benchmark(benchmark: str, cfg, *, anno: list[str], video_root: str | Non
     if info["errors"] or missing:
         console.print(f"[yellow]{len(info['errors'])} annotation entries did not convert; {len(missing)} of the "
                       f"{len(rows)} streams name a missing video (unanswered: scored as wrong)[/]")  # fmt: skip
-    encoder, engine = stack or rollout_stack(cfg)[2:]
+    if stack is None:
+        policy = build_policy(cfg)
+        stack = (policy.encoder, policy.engine)
+    encoder, engine = stack
     preds: dict[str, list[Prediction]] = {}
     failures = []
-    with EnvPool(cfg.rollout.env, cfg.env_pool.num_workers, cfg.env_pool.in_process) as pool, \
+    with make_env_pool(cfg) as pool, \
             tqdm(total=len(rows), desc=f"{benchmark} streams", unit="stream") as bar:  # fmt: skip
         for i in range(0, len(rows), batch_rows):
             batch = rows[i : i + batch_rows]

@@ -44,18 +44,9 @@ from streamreason.rl.learner import Learner, world
 from streamreason.rl.metrics import MetricsLogger
 from streamreason.rl.rows import build_rows
 from streamreason.rl.sft import sft_rows
+from streamreason.stack import load_rows
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    """Datasets (JSONL rows in ThinkStream's format; relative video paths resolve against the
-    file's folder). ``eval_rows`` caps the eval split (0 = all)."""
-
-    train: str = "data/synth/train/data.jsonl"
-    eval: str = "data/synth/eval/data.jsonl"
-    eval_rows: int = 0
 
 
 @dataclass
@@ -120,22 +111,6 @@ class RowSampler:
         self.epoch, self.index = state["epoch"], state["index"]
 
 
-def load_rows(path: str, limit: int = 0):
-    """``(rows, n_malformed)`` of a JSONL (the first ``limit`` rows when > 0).
-
-    Raises:
-        ConfigError: the file is missing or holds no valid row.
-    """
-    from streamreason.types import read_rows
-
-    if not Path(path).is_file():
-        raise ConfigError(f"data file {path!r} does not exist (set data.train / data.eval)")
-    rows, bad = read_rows(path)
-    if not rows:
-        raise ConfigError(f"data file {path!r} has no valid rows ({len(bad)} malformed)")
-    return rows[:limit] if limit else rows, len(bad)
-
-
 class LocalTrainer:
     """GRPO (:meth:`train`), SFT (:meth:`sft`) and evaluation (:meth:`evaluate`) of one recipe.
 
@@ -145,9 +120,7 @@ class LocalTrainer:
     """
 
     def __init__(self, cfg, run_dir: str | None = None):
-        from streamreason.cli import rollout_stack  # the same model/encoder/engine as `rollout`
-        from streamreason.envs.pool import EnvPool
-        from streamreason.rewards.composite import CompositeReward
+        from streamreason.stack import build_policy, make_env_pool, make_reward
 
         if cfg.trainer.backend != "local":
             raise ConfigError(
@@ -157,8 +130,12 @@ class LocalTrainer:
         self.rank, self.world_size = world()
         self.run_dir = Path(run_dir or cfg.trainer.run_dir)
         torch.manual_seed(cfg.trainer.seed + self.rank)
-        self.model, self.processor, self.encoder, self.engine = rollout_stack(
-            cfg, seed=cfg.trainer.seed + self.rank, dtype=cfg.optim.dtype, need_model=True
+        policy = build_policy(cfg, seed=cfg.trainer.seed + self.rank, dtype=cfg.optim.dtype, need_model=True)
+        self.model, self.processor, self.encoder, self.engine = (
+            policy.model,
+            policy.processor,
+            policy.encoder,
+            policy.engine,
         )
         if self.world_size > 1 and cfg.optim.lora.rank > 0:
             raise ConfigError("optim.lora.rank > 0 with several processes is not supported: use one process")
@@ -166,8 +143,8 @@ class LocalTrainer:
         self.ref_model = (
             copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.rl.kl_coef > 0 else None
         )
-        self.pool = EnvPool(cfg.rollout.env, cfg.env_pool.num_workers, cfg.env_pool.in_process)
-        self.reward = CompositeReward(cfg.rewards)
+        self.pool = make_env_pool(cfg)
+        self.reward = make_reward(cfg)
         self.stop_requested = False
 
     # -- shared pieces ---------------------------------------------------------------------
@@ -239,7 +216,7 @@ class LocalTrainer:
             )
         elif self.rank == 0:
             (self.run_dir / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
-            from streamreason.config import to_yaml
+            from streamreason.schema import to_yaml
 
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         signal.signal(signal.SIGTERM, self._on_sigterm)

@@ -22,9 +22,27 @@ machine and stops before launching.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamreason.errors import ConfigError
+
+
+@dataclass
+class ClusterConfig:
+    """Resources of the verl backend (``trainer.backend=verl``).
+
+    Attributes:
+        nodes: machines in the Ray cluster.
+        gpus_per_node: GPUs used on each.
+        fsdp_offload: offload FSDP parameters and optimizer state to CPU (actor and reference).
+        agent_workers: verl agent-loop workers (Ray actors running the streaming loop).
+    """
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    fsdp_offload: bool = False
+    agent_workers: int = 2
 
 
 def write_dataset(rows_path: str, out: Path) -> int:
@@ -39,8 +57,8 @@ def write_dataset(rows_path: str, out: Path) -> int:
     """
     import pandas as pd
 
-    from streamreason.rl.trainer import load_rows
     from streamreason.rl.verl_agent import AGENT_NAME
+    from streamreason.stack import load_rows
 
     rows, _ = load_rows(rows_path)
     records = []
@@ -62,9 +80,9 @@ def prepare_run(cfg, run_dir: Path):
     """Write the run directory's files (see the module docstring); returns verl's config."""
     from omegaconf import OmegaConf
 
-    from streamreason.config import to_yaml
     from streamreason.rl.verl_agent import AGENT_NAME
     from streamreason.rl.verl_config import compose_verl_config
+    from streamreason.schema import to_yaml
 
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

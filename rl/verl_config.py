@@ -66,6 +66,7 @@ from streamreason.errors import ConfigError
 from streamreason.rl import verl_trainer
 from streamreason.rl.verl_agent import AGENT_NAME
 from streamreason.rl.verl_trainer import TRAINER_MODE
+from streamreason.schema import valid_keys
 
 logger = logging.getLogger(__name__)
 
@@ -301,23 +302,13 @@ def _check_passthrough(extra: dict, node: DictConfig, root: DictConfig, prefix: 
     for key, value in extra.items():
         full = f"{prefix}{key}"
         if key not in node.keys():  # noqa: SIM118 (`in node` is False for keys whose value is ???)
-            close = difflib.get_close_matches(full, _valid_keys(root), n=1, cutoff=0.5)
+            close = difflib.get_close_matches(full, valid_keys(root, free_form=True), n=1, cutoff=0.5)
             hint = f"; did you mean 'verl.{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key 'verl.{full}' (verl passthrough){hint}")
         child = node._get_node(key)
         # Below a null, a scalar or a free-form dict ({} in the yaml) the passthrough value is taken whole.
         if isinstance(value, dict) and isinstance(child, DictConfig) and len(child.keys()) > 0:
             _check_passthrough(value, child, root, f"{full}.")
-
-
-def _valid_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for key in node:
-        keys.append(f"{prefix}{key}")
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none():
-            keys.extend(_valid_keys(child, f"{prefix}{key}."))
-    return keys
 
 
 def _hydra_value(value) -> str:

@@ -23,6 +23,39 @@ from streamreason.rollout.protocol import THINK_BUDGET_COUNTS
 
 
 @dataclass
+class EngineConfig:
+    """Generation engine.
+
+    Attributes:
+        name: registered engine: ``transformers`` (CPU or one GPU) or ``vllm`` (GPU).
+        device: ``cpu``, ``cuda``, ``cuda:1``; ``auto`` picks CUDA when available.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        max_batch_size: contexts per generate call (transformers engine).
+        seed: sampler seed.
+        gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache).
+        tensor_parallel_size: GPUs per vLLM engine.
+        max_model_len: vLLM context length in tokens (0: the model's own).
+        enforce_eager: skip CUDA-graph capture (fast start, slower decode).
+        enable_prefix_caching: reuse the KV of shared prompt prefixes across turns.
+        skip_mm_profiling: vLLM profiles memory with the language model only, not the vision
+            encoder on maximum-size videos (start-up minutes shorter; leave GPU memory outside
+            ``gpu_memory_utilization`` for the encoder's activations).
+    """
+
+    name: str = "transformers"
+    device: str = "auto"
+    dtype: str = "float32"
+    max_batch_size: int = 64
+    seed: int = 0
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    max_model_len: int = 0
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    skip_mm_profiling: bool = False
+
+
+@dataclass
 class SamplingConfig:
     """Sampling for rollouts (ThinkStream: T=1.0, top_k 50, top_p 0.95).
 

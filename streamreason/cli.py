@@ -65,55 +65,6 @@ def _cmd_data_convert(args) -> None:
     console.print(f"rows written to {out}")
 
 
-def rollout_stack(cfg, seed: int | None = None, dtype: str | None = None, need_model: bool = False):
-    """``(model, processor, encoder, engine)`` for a recipe: what every command rolls out with.
-
-    ``dtype`` overrides ``engine.dtype`` (the trainers load the policy in ``optim.dtype``). With
-    ``engine.name=vllm`` the Hugging Face model is loaded only when ``need_model`` (a trainer's
-    learner); otherwise ``model`` is None."""
-    import torch
-    from transformers import AutoProcessor
-
-    from streamreason.modeling import load_policy
-    from streamreason.rollout.chat import ChatEncoder
-    from streamreason.rollout.engine import make_engine
-    from streamreason.rollout.protocol import get_protocol
-
-    ec = cfg.engine
-    device = ec.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    seed = ec.seed if seed is None else seed
-    if ec.name == "vllm":
-        from streamreason.modeling import check_model_dir
-
-        check_model_dir(cfg.model)
-        model, processor = (None, AutoProcessor.from_pretrained(cfg.model))
-        if need_model:
-            model, processor = load_policy(cfg.model, dtype=getattr(torch, dtype or ec.dtype), device=device)
-        engine = make_engine(
-            "vllm", model_dir=cfg.model, tokenizer=processor.tokenizer, max_videos=max_videos(cfg),
-            dtype=ec.dtype, gpu_memory_utilization=ec.gpu_memory_utilization, max_model_len=ec.max_model_len,
-            enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
-            skip_mm_profiling=ec.skip_mm_profiling,
-            tensor_parallel_size=ec.tensor_parallel_size, seed=seed,
-        )  # fmt: skip
-    else:
-        model, processor = load_policy(cfg.model, dtype=getattr(torch, dtype or ec.dtype), device=device)
-        engine = make_engine(ec.name, model=model, tokenizer=processor.tokenizer,
-                             max_batch_size=ec.max_batch_size, seed=seed)  # fmt: skip
-    encoder = ChatEncoder(processor, get_protocol(cfg.rollout.protocol.name))
-    return model, processor, encoder, engine
-
-
-def max_videos(cfg) -> int:
-    """Most chunk videos one prompt can hold under the recipe's memory (W + B - 1, or every chunk)."""
-    mem = cfg.rollout.memory
-    if mem.keep_all_video:
-        return cfg.rollout.env.max_chunks or 1024
-    return mem.window_chunks + mem.evict_block - 1
-
-
 def _print_turn(console, traj, turn) -> None:
     """One transcript line: window, thought, and response / silence (raw text if unparsable)."""
     from rich.markup import escape
@@ -138,9 +89,8 @@ def _cmd_rollout(args) -> None:
     from rich.console import Console
 
     from streamreason.config import load_config
-    from streamreason.envs.pool import EnvPool
-    from streamreason.rewards.composite import CompositeReward
     from streamreason.rollout.loop import run_rollouts
+    from streamreason.stack import build_policy, make_env_pool, make_reward
     from streamreason.types import Query, StreamRow, read_rows
 
     overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
@@ -148,7 +98,7 @@ def _cmd_rollout(args) -> None:
         overrides = ["rollout.group_size=1", "env_pool.in_process=true", *overrides]
     cfg = load_config(args.recipe, overrides)
     console = Console()
-    reward = CompositeReward(cfg.rewards)
+    reward = make_reward(cfg)
     if args.video:
         from streamreason.envs.video import probe_video
 
@@ -168,9 +118,10 @@ def _cmd_rollout(args) -> None:
         rows, bad = read_rows(args.data)
         for e in bad:
             console.print(f"[yellow]skipped[/] {e}")
-    _, _, encoder, engine = rollout_stack(cfg)
+    policy = build_policy(cfg)
+    encoder, engine = policy.encoder, policy.engine
     results = []
-    with EnvPool(cfg.rollout.env, cfg.env_pool.num_workers, cfg.env_pool.in_process) as pool:
+    with make_env_pool(cfg) as pool:
         if args.video:
             trajs, failures = run_rollouts(
                 rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg.rollout,
@@ -349,7 +300,8 @@ def _cmd_eval(args) -> None:
 
     from streamreason.config import load_config
     from streamreason.rl.report import summary_table
-    from streamreason.rl.trainer import LocalTrainer, load_rows, write_eval
+    from streamreason.rl.trainer import LocalTrainer, write_eval
+    from streamreason.stack import load_rows
 
     overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
     if args.benchmark:

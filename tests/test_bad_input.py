@@ -30,13 +30,14 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import streamreason.recipes
-from streamreason.config import StreamReasonConfig, _valid_keys, load_config
+from streamreason.config import StreamReasonConfig, load_config
 from streamreason.envs.convert import FORMATS, convert, read_json, read_source
 from streamreason.errors import ConfigError, RewardError, RowError
 from streamreason.rewards.answers import KINDS, answer_kind, answers_match, parse_answer
 from streamreason.rewards.composite import CompositeReward, RewardConfig, RewardResult
 from streamreason.rewards.registry import list_rewards
 from streamreason.rollout.protocol import ParsedTurn, get_protocol
+from streamreason.schema import valid_keys
 from streamreason.types import Episode, Query, StreamRow, TurnOutcome, read_rows
 
 CHEAP = settings(max_examples=400, deadline=None)  # pure functions of one string
@@ -732,7 +733,7 @@ def test_a_missing_source_is_a_row_error_naming_it(tmp_path):
 # ---------------------------------------------------------------- config loader
 
 RECIPE = Path(streamreason.recipes.__file__).parent / "tiny_synthetic.yaml"
-VALID_KEYS = sorted(_valid_keys(OmegaConf.structured(StreamReasonConfig)))
+VALID_KEYS = sorted(valid_keys(OmegaConf.structured(StreamReasonConfig)))
 KEY_CHARS = string.ascii_letters + string.digits + "._-"
 VALUES = st.sampled_from(["1", "-1", "0", "0.5", "1e400", "nan", "abc", "true", "null", "", "???", "[1, 2]",
                           "{a: 1}", "${x}", "${model}", "${oc.env:HOME}", "${oc.decode:1}", "'quoted'", "a=b"])  # fmt: skip

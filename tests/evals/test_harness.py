@@ -8,12 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 import streamreason.recipes
-from streamreason.cli import main, rollout_stack
+from streamreason.cli import main
 from streamreason.config import load_config
 from streamreason.envs.convert import read_source
 from streamreason.envs.synthetic import synthesize
 from streamreason.evals.harness import run_benchmark
 from streamreason.rollout.engine import Engine, Generation
+from streamreason.stack import build_policy
 
 RECIPE = str(Path(streamreason.recipes.__file__).parent / "tiny_synthetic.yaml")
 
@@ -62,7 +63,7 @@ class Oracle(Engine):
 
 
 def _stack(cfg, rows):
-    encoder = rollout_stack(cfg)[2]
+    encoder = build_policy(cfg).encoder
     return encoder, Oracle(encoder, rows, cfg.rollout.env.chunk_seconds)
 
 

@@ -1,0 +1,157 @@
+"""The components of a run, built from a recipe: one place, below the entry points.
+
+Every job (``streamreason rollout``, the GRPO trainer, SFT, evaluation, the benchmark harness,
+the verl backend's agent loop, ``bench/``) builds its model, processor, chat encoder, engine,
+env pool, reward and dataset rows here, so they all roll out with the same components. Nothing
+here knows which job it serves; the entry points hold only what they use (for example, only
+GRPO with ``rl.kl_coef > 0`` builds a reference model).
+
+``cfg`` is a recipe (:class:`streamreason.config.StreamReasonConfig`) or any object with the
+sections a function reads (``model``, ``engine``, ``rollout``, ``env_pool``, ``rewards``).
+
+Example::
+
+    from streamreason.config import load_config
+    from streamreason.stack import build_policy, make_env_pool, make_reward
+
+    cfg = load_config("recipes/tiny_synthetic.yaml")
+    policy = build_policy(cfg)                      # model, processor, encoder, engine
+    with make_env_pool(cfg) as pool:
+        trajs, failures = run_rollouts(rows, pool=pool, engine=policy.engine,
+                                       encoder=policy.encoder, cfg=cfg.rollout)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamreason.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Datasets (JSONL rows in ThinkStream's format; relative video paths resolve against the
+    file's folder). ``eval_rows`` caps the eval split (0 = all)."""
+
+    train: str = "data/synth/train/data.jsonl"
+    eval: str = "data/synth/eval/data.jsonl"
+    eval_rows: int = 0
+
+
+@dataclass
+class PolicyStack:
+    """What a job rolls out with.
+
+    Attributes:
+        model: the Hugging Face policy module (``torch.nn.Module``), or None when the engine
+            holds its own weights (vLLM) and no learner asked for one.
+        processor: the checkpoint's processor (tokenizer, video processor).
+        encoder: :class:`~streamreason.rollout.chat.ChatEncoder` with the recipe's protocol.
+        engine: the generation :class:`~streamreason.rollout.engine.Engine`.
+    """
+
+    model: Any
+    processor: Any
+    encoder: Any
+    engine: Any
+
+
+def resolve_device(device: str) -> str:
+    """``engine.device`` with ``auto`` resolved: ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_policy(
+    cfg, *, seed: int | None = None, dtype: str | None = None, need_model: bool = False
+) -> PolicyStack:
+    """Model, processor, chat encoder and engine of a recipe.
+
+    Args:
+        cfg: the recipe (``model``, ``engine``, ``rollout``).
+        seed: the engine's sampler seed (default ``engine.seed``).
+        dtype: the model's dtype (``float32`` | ``bfloat16`` | ``float16``; default
+            ``engine.dtype``); trainers pass ``optim.dtype``.
+        need_model: with ``engine.name=vllm``, also load the Hugging Face module (a learner's);
+            other engines always load it (they generate with it).
+
+    Raises:
+        ConfigError: the checkpoint folder is missing, or the engine is not registered.
+    """
+    import torch
+    from transformers import AutoProcessor
+
+    from streamreason.modeling import check_model_dir, load_policy
+    from streamreason.rollout.chat import ChatEncoder
+    from streamreason.rollout.engine import make_engine
+    from streamreason.rollout.protocol import get_protocol
+
+    ec = cfg.engine
+    device = resolve_device(ec.device)
+    seed = ec.seed if seed is None else seed
+    torch_dtype = getattr(torch, dtype or ec.dtype)
+    if ec.name == "vllm":
+        check_model_dir(cfg.model)
+        model, processor = (None, AutoProcessor.from_pretrained(cfg.model))
+        if need_model:
+            model, processor = load_policy(cfg.model, dtype=torch_dtype, device=device)
+        engine = make_engine(
+            "vllm", model_dir=cfg.model, tokenizer=processor.tokenizer, max_videos=max_videos(cfg),
+            dtype=ec.dtype, gpu_memory_utilization=ec.gpu_memory_utilization, max_model_len=ec.max_model_len,
+            enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
+            skip_mm_profiling=ec.skip_mm_profiling,
+            tensor_parallel_size=ec.tensor_parallel_size, seed=seed,
+        )  # fmt: skip
+    else:
+        model, processor = load_policy(cfg.model, dtype=torch_dtype, device=device)
+        engine = make_engine(ec.name, model=model, tokenizer=processor.tokenizer,
+                             max_batch_size=ec.max_batch_size, seed=seed)  # fmt: skip
+    encoder = ChatEncoder(processor, get_protocol(cfg.rollout.protocol.name))
+    return PolicyStack(model, processor, encoder, engine)
+
+
+def max_videos(cfg) -> int:
+    """Most chunk videos one prompt can hold under the recipe's memory (the engine's
+    per-prompt video limit): ``W + B - 1``, or every chunk without eviction."""
+    mem = cfg.rollout.memory
+    if mem.keep_all_video:
+        return cfg.rollout.env.max_chunks or 1024
+    return mem.window_chunks + mem.evict_block - 1
+
+
+def make_env_pool(cfg):
+    """The recipe's :class:`~streamreason.envs.pool.EnvPool` (``env_pool`` section; a context
+    manager that shuts its Ray actors down)."""
+    from streamreason.envs.pool import EnvPool
+
+    return EnvPool(cfg.rollout.env, cfg.env_pool.num_workers, cfg.env_pool.in_process)
+
+
+def make_reward(cfg):
+    """The recipe's :class:`~streamreason.rewards.composite.CompositeReward` (``rewards``)."""
+    from streamreason.rewards.composite import CompositeReward
+
+    return CompositeReward(cfg.rewards)
+
+
+def load_rows(path: str | Path, limit: int = 0):
+    """``(rows, n_malformed)`` of a row JSONL (the first ``limit`` rows when > 0).
+
+    Malformed lines are skipped and counted (:func:`streamreason.types.read_rows`).
+
+    Raises:
+        ConfigError: the file is missing or holds no valid row.
+    """
+    from streamreason.types import read_rows
+
+    if not Path(path).is_file():
+        raise ConfigError(f"data file {str(path)!r} does not exist (set data.train / data.eval)")
+    rows, bad = read_rows(path)
+    if not rows:
+        raise ConfigError(f"data file {str(path)!r} has no valid rows ({len(bad)} malformed)")
+    return rows[:limit] if limit else rows, len(bad)
