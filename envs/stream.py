@@ -15,9 +15,9 @@ import numpy as np
 
 from streamreason.envs.video import FrameReader, VideoInfo, frame_size_for_budget, probe_video
 from streamreason.errors import VideoError
-from streamreason.types import Query, StreamRow
+from streamreason.types import Query, StreamRow, chunk_index
 
-_EPS = 1e-9  # float slack in time -> chunk arithmetic, as in Episode.chunk_of
+_FRAME_SLACK = 1e-9  # fps * chunk_seconds is a float product: 20 fps x 0.1 s holds 2 frames, not 1.999...
 _DURATION_SLACK_S = 1e-6  # container durations are whole microseconds
 CHUNKINGS = ("ceil", "thinkstream")
 """The values of :attr:`EnvConfig.chunking`."""
@@ -73,7 +73,7 @@ class EnvConfig:
         check(math.isfinite(self.chunk_seconds) and self.chunk_seconds > 0, "chunk_seconds", "must be > 0")
         check(self.frames_per_chunk >= 1, "frames_per_chunk", "must be >= 1")
         check(
-            self.fps is None or self.fps * self.chunk_seconds >= self.frames_per_chunk - _EPS,
+            self.fps is None or self.fps * self.chunk_seconds >= self.frames_per_chunk - _FRAME_SLACK,
             "fps",
             "must be >= frames_per_chunk / chunk_seconds, else a chunk's frames fall outside its window",
         )
@@ -154,8 +154,9 @@ class ChunkPlan:
         return k * self.chunk_seconds + self.frame_step_s * np.arange(self.frames_per_chunk, dtype=np.float64)
 
     def chunk_of(self, time_s: float) -> int:
-        """The chunk whose window holds ``time_s``; times past the last chunk map to it."""
-        return min(int(math.floor(time_s / self.chunk_seconds + _EPS)), self.n_chunks - 1)
+        """The chunk whose window holds ``time_s`` (:func:`~streamreason.types.chunk_index`);
+        times past the last chunk map to it."""
+        return chunk_index(time_s, self.chunk_seconds, self.n_chunks)
 
 
 @dataclass

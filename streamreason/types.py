@@ -30,6 +30,36 @@ from typing import Any
 
 from streamreason.errors import RowError
 
+CHUNK_SLACK = 1e-9
+"""Chunks added to ``time_s / chunk_seconds`` before flooring, in :func:`chunk_index`."""
+
+
+def chunk_index(time_s: float, chunk_seconds: float, n_chunks: int | None = None) -> int:
+    """The chunk whose window holds ``time_s``: the one rule from a time to a chunk.
+
+    Chunk ``k`` covers ``[k * chunk_seconds, (k + 1) * chunk_seconds)`` seconds, so the index is
+    ``floor(time_s / chunk_seconds + CHUNK_SLACK)``. The slack (1e-9 chunks, far below any
+    timestamp's resolution) keeps a time on a chunk boundary in the chunk it starts: the float
+    quotient can fall just short of the integer (``0.3 / 0.1 == 2.9999999999999996``), which
+    would put 0.3 s in chunk 2 of 0.1 s chunks instead of chunk 3.
+
+    Args:
+        time_s: seconds from the start of the stream. A negative time gives a negative index
+            (nothing clamps it; rows reject negative times when they are read).
+        chunk_seconds: chunk length, seconds (> 0).
+        n_chunks: chunks in the stream, when known: a time at or past the stream's end maps to
+            its last chunk, ``n_chunks - 1`` (the env shows queries asked there with the last
+            chunk). None: no upper clamp.
+
+    Raises:
+        OverflowError, ValueError: ``time_s`` is infinite or NaN.
+
+    >>> chunk_index(0.3, 0.1), chunk_index(2.5, 1.0), chunk_index(9.0, 1.0, n_chunks=4)
+    (3, 2, 3)
+    """
+    k = math.floor(time_s / chunk_seconds + CHUNK_SLACK)
+    return k if n_chunks is None else min(k, n_chunks - 1)
+
 
 @dataclass(frozen=True)
 class Query:
@@ -288,7 +318,6 @@ class Episode:
     n_chunks: int | None = None
 
     def chunk_of(self, time_s: float) -> int:
-        """The chunk whose window holds ``time_s``: ``floor(time_s / chunk_seconds)``, at most the
-        last chunk when :attr:`n_chunks` is known."""
-        k = int(math.floor(time_s / self.chunk_seconds + 1e-9))
-        return k if self.n_chunks is None else min(k, self.n_chunks - 1)
+        """The chunk whose window holds ``time_s`` (:func:`chunk_index`), at most the last chunk
+        when :attr:`n_chunks` is known."""
+        return chunk_index(time_s, self.chunk_seconds, self.n_chunks)

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from streamreason.envs.stream import ChunkPlan, EnvConfig, FrameStore, StreamingVideoEnv
 from streamreason.envs.video import VideoInfo
 from streamreason.errors import VideoError
-from streamreason.types import Query, StreamRow
+from streamreason.types import Episode, Query, StreamRow, chunk_index
 
 NATIVE = {"min_pixels": 112 * 112, "max_pixels": 112 * 112}  # keep the scene's 112x112 frames
 
@@ -249,3 +249,16 @@ def test_thinkstream_chunking_streams_the_remainder_in_the_last_chunk(scene):
 def test_unknown_chunking_is_rejected():
     with pytest.raises(ValueError, match="EnvConfig.chunking must be one of"):
         EnvConfig(chunking="round")
+
+
+def test_one_time_to_chunk_rule():
+    """Times map to chunks by one rule (``chunk_index``): floor with 1e-9 chunks of slack, so a
+    time on a boundary starts its chunk; the env's plan and an episode of known length clamp to
+    the last chunk, an episode of unknown length does not; negative times are not clamped."""
+    assert [chunk_index(t, 0.1) for t in (0.0, 0.0999, 0.1, 0.3, 0.7, -0.05)] == [0, 0, 1, 3, 7, -1]
+    assert (chunk_index(9.5, 1.0), chunk_index(9.5, 1.0, n_chunks=4)) == (9, 3)
+    plan = ChunkPlan.for_video(EnvConfig(chunk_seconds=0.1), VideoInfo(0.4, 30.0, 112, 112))
+    known, unknown = Episode("r", 0.1, [], [], n_chunks=4), Episode("r", 0.1, [], [])
+    for t in (0.0, 0.1, 0.2999, 0.3, 0.35, 5.0):
+        assert plan.chunk_of(t) == known.chunk_of(t) == chunk_index(t, 0.1, 4) == min(unknown.chunk_of(t), 3)
+    assert unknown.chunk_of(5.0) == 50
