@@ -4,6 +4,11 @@
 ``{"step": int, "time": unix seconds, "<prefix><name>": float | null, ...}``, with NaN and inf
 written as null so every line is valid JSON. Only rank 0 writes.
 
+The verl backend's metrics come from verl's file logger instead (``verl_metrics.jsonl``, one
+``{"step": n, "data": {name: value}}`` line per step, verl's names); :func:`read_verl_metrics`
+reads them as the same records, with verl's reward metrics also under this project's names
+(:func:`verl_record`). :func:`is_reward_metric` is the one rule for which keys are rewards.
+
 Example (resuming from a checkpoint at ``step``)::
 
     with MetricsLogger(run_dir) as metrics:
@@ -18,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -132,18 +138,102 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         FileNotFoundError: ``path`` does not exist.
         RowError: a line other than the last is not a JSON object with an integer ``"step"``.
     """
+    return _read_lines(
+        path, lambda row: isinstance(row.get("step"), int), "a JSON object with an integer 'step'"
+    )
+
+
+def _read_lines(path: str | Path, valid, expected: str) -> list[dict[str, Any]]:
+    """The JSON-object lines of ``path`` that ``valid`` accepts; a bad last line (torn by a
+    crash) is skipped with a warning, any other raises :class:`RowError` naming ``expected``."""
     lines = Path(path).read_text().splitlines()
     rows = []
     for number, line in enumerate(lines, start=1):
         try:
             row = json.loads(line)
-            valid = isinstance(row, dict) and isinstance(row.get("step"), int)
+            ok = isinstance(row, dict) and valid(row)
         except json.JSONDecodeError:
-            valid = False
-        if valid:
+            ok = False
+        if ok:
             rows.append(row)
         elif number == len(lines):
             logger.warning("skipping %s:%d: torn last line (a crash mid-write?)", path, number)
         else:
-            raise RowError(f"{path}:{number}", "not a JSON object with an integer 'step'")
+            raise RowError(f"{path}:{number}", f"not {expected}")
     return rows
+
+
+def is_reward_metric(key: str, prefixes: tuple[str, ...] = ("", "eval/")) -> bool:
+    """Whether ``key`` is a reward metric: ``P + "reward"`` or ``P + "reward/<component>"`` for a
+    prefix ``P`` in ``prefixes`` (train and eval by default), not a spread statistic (a name
+    ending in ``_std`` or ``_stderr``).
+
+    >>> [k for k in ("reward", "reward/timing", "eval/reward", "reward_std", "eval/reward/x_stderr",
+    ...              "rewards", "accuracy") if is_reward_metric(k)]
+    ['reward', 'reward/timing', 'eval/reward']
+    >>> is_reward_metric("eval/reward", prefixes=("",))
+    False
+    """
+    if key.endswith(("_std", "_stderr")):
+        return False
+    return any(key == p + "reward" or key.startswith(p + "reward/") for p in prefixes)
+
+
+# verl's names of the reward metrics, as this project's (see verl_record).
+VERL_TRAIN_REWARD = "critic/score/mean"
+_VERL_EVAL_REWARD = re.compile(r"^val-(?:core|aux)/[^/]+/(reward(?:/[^/]+)?)/mean@(\d+)$")
+
+
+def verl_record(line: dict[str, Any]) -> dict[str, Any]:
+    """One line of verl's file logger (``{"step": n, "data": {...}}``) as a metrics record.
+
+    The record is ``{"step": n, <verl name>: value, ...}`` (numbers and nulls; other values are
+    dropped) plus verl's reward metrics under this project's names:
+
+    - ``reward`` ← ``critic/score/mean``: the mean over the step's training rows of each row's
+      score. Every row (eviction block) of a trajectory carries its trajectory's reward
+      (``verl/trainer/ppo/v1/agent_loop_tq.py`` copies the last output's ``reward_score`` to the
+      others), so this is the mean trajectory reward weighted by rows per trajectory; equal to
+      the local trainer's ``reward`` when every trajectory has as many blocks. verl logs no train
+      reward components (``reward_extra_info`` is read at validation only).
+    - ``eval/reward`` ← ``val-core/<data_source>/reward/mean@N`` and ``eval/reward/NAME`` ←
+      ``val-aux/<data_source>/reward/NAME/mean@N``: the mean over eval rows of the mean over the
+      row's N samples (``trainer.eval_samples``) of our agent loop's ``reward_extra_info``
+      (``reward``, ``reward/NAME``; ``verl/trainer/ppo/metric_utils.py``,
+      ``process_validation_metrics``). Where rows have different N (failed samples), the largest
+      N is taken, as verl's ``val-core`` does. Logged at the steps verl validates
+      (``trainer.eval_every`` and the last).
+    """
+    data = line["data"]
+    record: dict[str, Any] = {"step": line["step"]}
+    record.update(
+        (k, v)
+        for k, v in data.items()
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    )
+    if isinstance(score := data.get(VERL_TRAIN_REWARD), (int, float)):
+        record["reward"] = score
+    samples: dict[str, int] = {}
+    for key, value in data.items():
+        if (m := _VERL_EVAL_REWARD.match(key)) and int(m[2]) >= samples.get(name := f"eval/{m[1]}", 0):
+            samples[name], record[name] = int(m[2]), value
+    return record
+
+
+def read_verl_metrics(*paths: str | Path) -> list[dict[str, Any]]:
+    """The lines of verl's file logger files (``verl_metrics.jsonl``), in order, as
+    :func:`verl_record` records. Missing files are skipped; a malformed last line of a file (a
+    write torn by a crash) is skipped with a warning.
+
+    Raises:
+        RowError: a line other than a file's last is not ``{"step": int, "data": {...}}``.
+    """
+    lines = []
+    for path in paths:
+        if Path(path).is_file():
+            lines += _read_lines(
+                path,
+                lambda line: isinstance(line.get("step"), int) and isinstance(line.get("data"), dict),
+                "a verl file-logger line {'step': int, 'data': {...}}",
+            )
+    return [verl_record(line) for line in lines]

@@ -1,7 +1,8 @@
 """The run report: reward curves and timing-error histograms in one PNG, and comparison tables.
 
-``write_report(run_dir)`` reads ``run_dir/metrics.jsonl`` (see :mod:`streamreason.rl.metrics`)
-and, when present, ``run_dir/eval_timing_errors.json``: model name → signed timing errors in
+``write_report(run_dir)`` reads the run's metrics (``RunDir.read_metrics``: ``metrics.jsonl``,
+or verl's ``verl_metrics.jsonl`` with its reward metrics under our names; see
+:mod:`streamreason.rl.run_dir`) and, when present, ``run_dir/eval_timing_errors.json``: model name → signed timing errors in
 seconds (``QueryOutcome.timing_error_s``: answer chunk − evidence chunk, × ``chunk_seconds``;
 negative = early), e.g. ``{"sft": [...], "grpo": [...]}``.
 """
@@ -19,7 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from streamreason.rl.metrics import read_metrics
+from streamreason.rl.metrics import is_reward_metric
+from streamreason.rl.run_dir import RunDir
 
 
 def write_report(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
@@ -31,19 +33,19 @@ def write_report(run_dir: str | Path, out_png: str | Path | None = None) -> Path
     on shared bins.
 
     Args:
-        run_dir: the run folder holding ``metrics.jsonl``.
+        run_dir: the run folder (either backend's).
         out_png: where to write the figure; default ``run_dir/report.png``.
 
     Returns:
         The PNG's path.
 
     Raises:
-        FileNotFoundError: ``run_dir/metrics.jsonl`` does not exist.
-        RowError: a line of it is malformed (:func:`read_metrics`).
+        FileNotFoundError: the run has no metrics file.
+        RowError: a line of it is malformed (:func:`~streamreason.rl.metrics.read_metrics`).
     """
     run_dir = Path(run_dir)
     out_png = Path(out_png) if out_png is not None else run_dir / "report.png"
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = RunDir(run_dir).read_metrics()
     timing_file = run_dir / "eval_timing_errors.json"
     timing_errors = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     timing_errors = {name: errors for name, errors in timing_errors.items() if errors}
@@ -89,14 +91,11 @@ def summary_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
 
 
 def _reward_series(rows: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
-    """``prefix + "reward"`` and every ``prefix + "reward/<component>"`` → (steps, values),
-    skipping nulls and spread statistics (``_std``, ``_stderr``); the total first, then
-    components by name."""
+    """``prefix + "reward"`` and every ``prefix + "reward/<component>"`` → (steps, values)
+    (:func:`~streamreason.rl.metrics.is_reward_metric`: no spread statistics), skipping nulls;
+    the total first, then components by name."""
     total = f"{prefix}reward"
-    keys = {
-        k for row in rows for k in row
-        if (k == total or k.startswith(total + "/")) and not k.endswith(("_std", "_stderr"))
-    }  # fmt: skip
+    keys = {k for row in rows for k in row if is_reward_metric(k, prefixes=(prefix,))}
     series = {}
     for key in sorted(keys, key=lambda k: (k != total, k)):
         points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]

@@ -7,7 +7,13 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from streamreason.errors import ConfigError, RowError
-from streamreason.rl.metrics import MetricsLogger, read_metrics
+from streamreason.rl.metrics import (
+    VERL_TRAIN_REWARD,
+    MetricsLogger,
+    is_reward_metric,
+    read_metrics,
+    read_verl_metrics,
+)
 
 
 def _tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -92,3 +98,61 @@ def test_missing_wandb_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
     with pytest.raises(ConfigError, match="pip install wandb"):
         MetricsLogger(tmp_path, wandb_project="streamreason")
+
+
+KEYS = ["reward", "reward/timing", "reward/format", "reward_std", "reward/timing_std", "eval/reward",
+        "eval/reward/timing", "eval/reward_stderr", "eval/reward/timing_stderr", "eval/accuracy",
+        "eval/accuracy_stderr", "accuracy", "rewards", "reward_failed", "eval/rewards", "sft/loss",
+        "loss", "eval/eval/reward", "x/reward", "critic/score/mean"]  # fmt: skip
+
+
+def test_one_reward_rule_gives_what_sweep_and_report_each_chose_before():
+    def sweep_rule(key):  # rl/sweep.py _is_reward until issue 17
+        base = key.removeprefix("eval/")
+        return (
+            base == "reward" or base.startswith("reward/") or key == "eval/accuracy"
+        ) and not key.endswith(("_std", "_stderr"))
+
+    def report_rule(key, prefix):  # rl/report.py _reward_series until issue 17
+        total = f"{prefix}reward"
+        return (key == total or key.startswith(total + "/")) and not key.endswith(("_std", "_stderr"))
+
+    from streamreason.rl.sweep import _tracked
+
+    for key in KEYS:
+        assert _tracked(key) == sweep_rule(key), key
+        for prefix in ("", "eval/"):
+            assert is_reward_metric(key, prefixes=(prefix,)) == report_rule(key, prefix), (key, prefix)
+
+
+def test_verl_metrics_read_as_our_records(tmp_path, monkeypatch):
+    """verl's names, made by verl's own code from our agent loop's ``reward_extra_info`` and
+    written by verl's file logger, come back as ``reward``, ``eval/reward`` and
+    ``eval/reward/NAME``."""
+    import inspect
+
+    from verl.trainer.ppo.metric_utils import compute_data_metrics
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils.tracking import FileLogger
+
+    assert f'"{VERL_TRAIN_REWARD}"' in inspect.getsource(compute_data_metrics)
+    # what PPOTrainer._validate collects: two eval rows of two samples; row b lost one (a bad video)
+    infos = {"reward": [0.2, 0.4, 0.9], "reward/timing": [0.0, 1.0, 0.5], "reward/format": [1.0, 1.0, 1.0]}
+    val = PPOTrainer._val_metrics_update(None, ["streamreason"] * 3, ["a", "a", "b"], infos, [4, 4, 4])
+    assert val["val-core/streamreason/reward/mean@2"] == pytest.approx(0.3)  # row a's mean
+    path = tmp_path / "verl_metrics.jsonl"
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(path))
+    logger = FileLogger("streamreason", "run")
+    logger.log({VERL_TRAIN_REWARD: 0.5, "actor/pg_loss": 0.01, "training/global_step": 1}, step=1)
+    logger.log({VERL_TRAIN_REWARD: 0.6, **val}, step=2)
+    logger.finish()
+
+    first, second = read_verl_metrics(tmp_path / "missing.jsonl", path)
+    assert first == {"step": 1, "reward": 0.5, VERL_TRAIN_REWARD: 0.5, "actor/pg_loss": 0.01,
+                     "training/global_step": 1}  # fmt: skip
+    assert sorted(k for k in second if is_reward_metric(k)) == [
+        "eval/reward", "eval/reward/format", "eval/reward/timing", "reward"]  # fmt: skip
+    assert second["reward"] == 0.6
+    assert second["eval/reward"] == pytest.approx(0.3)  # the largest sample count, as verl's val-core
+    assert second["eval/reward/timing"] == pytest.approx(0.5)
+    assert second["eval/reward/format"] == pytest.approx(1.0)
