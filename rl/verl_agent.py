@@ -101,15 +101,22 @@ class ChunkEncodings:
 
 @cache
 def _stack(path: str):
-    """Per worker process: the recipe, its composite reward, one frame store and one set of
-    chunk encodings shared by all trajectories (a row's G copies on one worker decode and
-    encode its video once)."""
-    from streamreason.config import load_config
-    from streamreason.envs.stream import FrameStore
-    from streamreason.rewards.composite import CompositeReward
+    """Per worker process: the run's rollout settings, its composite reward, one frame store
+    and one set of chunk encodings shared by all trajectories (a row's G copies on one worker
+    decode and encode its video once).
 
-    cfg = load_config(path)
-    return cfg, CompositeReward(cfg.rewards), FrameStore(cfg.rollout.env), ChunkEncodings()
+    Reads only the ``rollout`` and ``rewards`` sections of the run's resolved recipe
+    (``config.yaml``, :func:`~streamreason.schema.load_section`): the model, tokenizer and
+    processor are verl's.
+    """
+    from streamreason.envs.stream import FrameStore
+    from streamreason.rewards.composite import CompositeReward, RewardConfig
+    from streamreason.rollout.loop import RolloutConfig
+    from streamreason.schema import load_section
+
+    rollout = load_section(path, "rollout", RolloutConfig)
+    reward = CompositeReward(load_section(path, "rewards", RewardConfig))
+    return rollout, reward, FrameStore(rollout.env), ChunkEncodings()
 
 
 def row_output(row: TrainRow, prompt_len: int, num_turns: int, metrics: AgentLoopMetrics) -> AgentLoopOutput:
@@ -170,8 +177,8 @@ class StreamAgentLoop(AgentLoopBase):
         from streamreason.rollout.chat import ChatEncoder
         from streamreason.rollout.protocol import get_protocol
 
-        self.recipe_cfg, self.reward, self.store, self.chunks = _stack(recipe)
-        self.encoder = ChatEncoder(self.processor, get_protocol(self.recipe_cfg.rollout.protocol.name))
+        self.rollout_cfg, self.reward, self.store, self.chunks = _stack(recipe)
+        self.encoder = ChatEncoder(self.processor, get_protocol(self.rollout_cfg.protocol.name))
         vocab = self.tokenizer.get_vocab()
         self.end_ids = [vocab["<|im_end|>"]]
 
@@ -194,7 +201,7 @@ class StreamAgentLoop(AgentLoopBase):
         rejects a request id that is still running ("Request id … already running",
         ``vllm/v1/engine/output_processor.py``); a trajectory's calls are sequential, each
         finished before the next is sent, so one id never runs twice at once."""
-        max_new = self.recipe_cfg.rollout.protocol.max_new_tokens
+        max_new = self.rollout_cfg.protocol.max_new_tokens
         check_video_timing(request.videos, self.model_type)  # verl's server is vLLM
         videos = vllm_videos(request.videos) if request.videos else None
 
@@ -223,19 +230,19 @@ class StreamAgentLoop(AgentLoopBase):
         """
         from streamreason.envs.stream import StreamingVideoEnv
 
-        cfg = self.recipe_cfg
+        cfg = self.rollout_cfg
         extra = kwargs["extra_info"]
         row = StreamRow.from_dict(json.loads(extra["row"]), where=f"verl dataset row {extra.get('index')}")
         loop = asyncio.get_running_loop()
-        env = StreamingVideoEnv(cfg.rollout.env, store=self.store)
+        env = StreamingVideoEnv(cfg.env, store=self.store)
         t0, gen_s, steps = time.perf_counter(), 0.0, {}
         request_id = uuid4().hex  # one per trajectory: all its turns go to one replica
         try:
             obs, info = await loop.run_in_executor(None, _locked, env.reset, row)
             traj = Trajectory(row, int(kwargs.get("session_id", 0)), info["chunk_seconds"])
             recorder, budget = (
-                TrajectoryRecorder(traj, self.encoder, cfg.rollout),
-                think_budget(self.encoder, cfg.rollout),
+                TrajectoryRecorder(traj, self.encoder, cfg),
+                think_budget(self.encoder, cfg),
             )
             while True:
                 request = await loop.run_in_executor(
