@@ -25,7 +25,7 @@ from streamreason.envs.stream import EnvConfig
 from streamreason.errors import StreamReasonError
 from streamreason.rollout.chat import ChatEncoder, VideoSegment, concat_videos, find_subsequence
 from streamreason.rollout.engine import Engine, Generation, GenerationRequest, SamplingConfig, ThinkBudget
-from streamreason.rollout.memory import MemoryConfig, MemoryStats, VisualWindowMemory
+from streamreason.rollout.memory import MemoryConfig, MemoryStats, make_memory
 from streamreason.rollout.protocol import ParsedTurn, ProtocolConfig
 from streamreason.types import Episode, StreamRow, TurnOutcome
 
@@ -37,7 +37,7 @@ class RolloutConfig:
     Attributes:
         env: chunking, fps, pixel budget (:class:`~streamreason.envs.stream.EnvConfig`).
         protocol: turn protocol, think budget, max new tokens per turn.
-        memory: visual window W, eviction block B, text cap.
+        memory: memory policy (``memory.name``), visual window W, eviction block B, text cap.
         sampling: temperature, top-p, top-k.
         group_size: G, trajectories per row (the GRPO group).
     """
@@ -208,7 +208,7 @@ class TrajectoryRecorder:
 
     def __init__(self, traj: Trajectory, encoder: ChatEncoder, cfg: RolloutConfig):
         self.traj, self.encoder = traj, encoder
-        self.memory = VisualWindowMemory(cfg.memory, encoder.system_ids)
+        self.memory = make_memory(cfg.memory, encoder.system_ids)
         self.open_ids, self.close_ids = encoder.think_ids()
         self._turn: tuple | None = None
 

@@ -1,8 +1,16 @@
-"""Reasoning-compressed streaming memory: keep all text, window the video.
+"""Memory policies: what a trajectory's context holds at each turn, and their registry.
 
-ThinkStream's RCSM (SEEDS.md): each turn's context holds the system prompt, every query at its
-time, every past think trace and response with its chunk's time marker, and the video of the
-last ``W`` chunks only; an older chunk keeps its time marker in place of its frames.
+A memory policy is a :class:`Memory` subclass registered under a name; ``rollout.memory.name``
+picks one, and :class:`MemoryConfig` holds the settings of all of them (a policy reads the ones
+it uses). The :class:`~streamreason.rollout.loop.TrajectoryRecorder` drives one per trajectory,
+so the lockstep loop and the verl agent loop share it.
+
+The default, ``visual_window`` (:class:`VisualWindowMemory`), is ThinkStream's RCSM
+(reasoning-compressed streaming memory): keep all text, window the video. Each turn's context
+holds the system prompt, every query at its time, every past think trace and response with its
+chunk's time marker, and the video of the last ``W`` chunks only; an older chunk keeps its time
+marker in place of its frames. An eviction rewrites the context: the evicted frames leave the
+token sequence and the tokens after them follow directly.
 
 Options:
 
@@ -19,10 +27,33 @@ Options:
 
 Between two block boundaries, prompt(t+1) = prompt(t) + response(t) + env tokens + user(t+1):
 tests assert it, and :attr:`Prompt.block_start` tells which turns pack into one row.
+
+Adding a memory policy is one new module plus a registration::
+
+    # rollout/my_memory.py
+    from streamreason.rollout.memory import Memory, Prompt, register_memory
+
+    @register_memory("my_memory")
+    class MyMemory(Memory):
+        def add_chunk(self, head, video, tail, has_query=True): ...
+        def prompt(self) -> Prompt: ...
+        def add_reply(self, reply_ids): ...
+
+        @classmethod
+        def video_cutoff(cls, cfg, turn): ...  # block_start, max_videos: when not the defaults
+
+and its line in ``_BUILTIN_MODULES`` below (``"my_memory": "streamreason.rollout.my_memory"``),
+so that a recipe naming it imports it; ``rollout.memory.name=my_memory`` selects it. A policy
+registered outside the package (a script, a test) needs only its module imported before the
+config is built. ``tests/rollout/test_memory_registry.py`` is the test template: a toy policy
+that keeps only the latest chunk's video, run through
+:func:`~streamreason.rollout.loop.run_rollouts`.
 """
 
 from __future__ import annotations
 
+import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from streamreason.errors import ConfigError
@@ -34,13 +65,22 @@ class MemoryConfig:
     """What the policy's context keeps (see the module docstring).
 
     Attributes:
+        name: the registered memory policy (:func:`register_memory`); ``visual_window``.
         window_chunks: W, chunks whose video stays in the context (ThinkStream: 20).
         evict_block: B, chunks evicted at once (1 = slide every turn).
         keep_all_video: never evict video.
         text_sink_tokens: assistant-text tokens kept from the start (0 with recent 0 = no cap).
         text_recent_tokens: assistant-text tokens kept from the end.
+
+    :meth:`video_cutoff`, :meth:`block_start` and :meth:`max_videos` are the named policy's
+    rules (:class:`Memory`), for the code that needs them without a trajectory.
+
+    Raises:
+        ConfigError: ``name`` is not registered (the message lists the registered ones), or a
+            number is out of range.
     """
 
+    name: str = "visual_window"
     window_chunks: int = 20
     evict_block: int = 1
     keep_all_video: bool = False
@@ -48,6 +88,7 @@ class MemoryConfig:
     text_recent_tokens: int = 0
 
     def __post_init__(self):
+        get_memory(self.name)
         if self.window_chunks < 1:
             raise ConfigError(f"memory.window_chunks must be >= 1, got {self.window_chunks}")
         if self.evict_block < 1:
@@ -56,21 +97,26 @@ class MemoryConfig:
             raise ConfigError("memory.text_sink_tokens and memory.text_recent_tokens must be >= 0")
 
     @property
+    def policy(self) -> type[Memory]:
+        """The :class:`Memory` subclass registered as :attr:`name`."""
+        return get_memory(self.name)
+
+    @property
     def text_cap(self) -> bool:
         return self.text_sink_tokens > 0 or self.text_recent_tokens > 0
 
     def video_cutoff(self, turn: int) -> int:
-        """First chunk whose video is kept at ``turn``: ``max(0, floor((t - W + 1) / B) * B)``."""
-        if self.keep_all_video:
-            return 0
-        return max(0, (turn - self.window_chunks + 1) // self.evict_block * self.evict_block)
+        """First chunk whose video is kept at ``turn`` (:meth:`Memory.video_cutoff`)."""
+        return self.policy.video_cutoff(self, turn)
 
     def block_start(self, turn: int) -> int:
-        """The turn at which the eviction block holding ``turn`` began (0 for the first block)."""
-        if self.keep_all_video:
-            return turn // self.evict_block * self.evict_block if self.text_cap else 0
-        cut = self.video_cutoff(turn)
-        return 0 if cut == 0 else cut + self.window_chunks - 1
+        """The first turn of the packing block holding ``turn`` (:meth:`Memory.block_start`)."""
+        return self.policy.block_start(self, turn)
+
+    def max_videos(self, max_chunks: int) -> int:
+        """Most chunk videos one prompt holds in streams of at most ``max_chunks`` chunks (the
+        engine's per-prompt video limit; :meth:`Memory.max_videos`)."""
+        return self.policy.max_videos(self, max_chunks)
 
 
 @dataclass(frozen=True)
@@ -112,20 +158,22 @@ class Prompt:
     stats: MemoryStats
 
 
-@dataclass
-class _Chunk:
-    head: list[int]
-    tail: list[int]
-    video: VideoSegment
-    has_query: bool = True
-    reply: list[int] | None = None  # generated ids + env end-of-turn ids
+class Memory(ABC):
+    """A memory policy: one trajectory's context, turn by turn.
 
+    Per turn the recorder calls :meth:`add_chunk` when the chunk arrives, :meth:`prompt` for the
+    context to generate from, then :meth:`add_reply` with what was generated. Prompts are token
+    ids throughout: generated tokens go in as generated, never decoded and re-tokenized.
 
-class VisualWindowMemory:
-    """One trajectory's memory.
+    The class also states, for a :class:`MemoryConfig`, the rules that other code reads without
+    a trajectory: :meth:`video_cutoff`, :meth:`block_start` (which turns pack into one training
+    row; default: each turn its own row) and :meth:`max_videos` (the engine's per-prompt video
+    limit; default: every chunk). Its prompts agree with them: ``Prompt.block_start ==
+    block_start(cfg, turn)``, the videos of chunks ``video_cutoff(cfg, turn) .. turn``.
 
-    Call :meth:`add_chunk` when a chunk arrives, :meth:`prompt` for the turn's context, then
-    :meth:`add_reply` with what the policy generated.
+    The interface does not assume that eviction removes tokens: a policy under which evicted
+    video stays in the context, hidden from later turns by the attention mask, keeps every
+    chunk's video in its prompts (``max_videos``: every chunk) and one block per trajectory.
 
     Args:
         cfg: :class:`MemoryConfig`.
@@ -135,9 +183,132 @@ class VisualWindowMemory:
     def __init__(self, cfg: MemoryConfig, system_ids: list[int]):
         self.cfg = cfg
         self.system_ids = list(system_ids)
+
+    @abstractmethod
+    def add_chunk(
+        self, head: list[int], video: VideoSegment, tail: list[int], has_query: bool = True
+    ) -> None:
+        """A new chunk arrived; its user turn is ``head + video.ids + tail`` (token ids; ``head``
+        holds the chunk's time marker and the queries asked in it, ``has_query`` says whether
+        there are any)."""
+
+    @abstractmethod
+    def prompt(self) -> Prompt:
+        """The context of the latest chunk's turn (after its :meth:`add_chunk`)."""
+
+    @abstractmethod
+    def add_reply(self, reply_ids: list[int]) -> None:
+        """The latest turn's assistant tokens: the generated ids (end-of-turn token included
+        when generated), then the env's end-of-turn ids."""
+
+    @classmethod
+    @abstractmethod
+    def video_cutoff(cls, cfg: MemoryConfig, turn: int) -> int:
+        """First chunk whose video the prompt of ``turn`` (0-based) shows: it shows chunks
+        ``cutoff .. turn``."""
+
+    @classmethod
+    def block_start(cls, cfg: MemoryConfig, turn: int) -> int:
+        """The first turn of the packing block holding ``turn``. Turns of one block pack into one
+        training row, so within a block the prompt of turn ``t + 1`` extends the prompt of ``t``
+        plus its reply and env tokens. Default: ``turn`` (every turn its own row)."""
+        return turn
+
+    @classmethod
+    def max_videos(cls, cfg: MemoryConfig, max_chunks: int) -> int:
+        """Most chunk videos one prompt holds when a stream has at most ``max_chunks`` chunks.
+        Default: ``max_chunks`` (every chunk)."""
+        return max_chunks
+
+
+_MEMORIES: dict[str, type[Memory]] = {}
+_BUILTIN_MODULES: dict[str, str] = {}
+"""Name -> module of the built-in policies defined in other modules, imported on first lookup."""
+
+
+def register_memory(name: str):
+    """Class decorator registering a :class:`Memory` subclass under ``name``.
+
+    Raises:
+        ValueError: ``name`` is taken by another class.
+    """
+
+    def wrap(cls: type[Memory]) -> type[Memory]:
+        old = _MEMORIES.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"memory policy {name!r} is already registered to {old.__qualname__}")
+        _MEMORIES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_memory(name: str) -> type[Memory]:
+    """The memory policy registered as ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the registered ones).
+    """
+    if name not in _MEMORIES and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _MEMORIES:
+        known = sorted(set(_MEMORIES) | set(_BUILTIN_MODULES))
+        raise ConfigError(
+            f"rollout.memory.name={name!r} is not a registered memory policy; choose one of {known}"
+        )
+    return _MEMORIES[name]
+
+
+def make_memory(cfg: MemoryConfig, system_ids: list[int]) -> Memory:
+    """A new memory of the policy ``cfg.name``, for one trajectory."""
+    return get_memory(cfg.name)(cfg, system_ids)
+
+
+@dataclass
+class _Chunk:
+    head: list[int]
+    tail: list[int]
+    video: VideoSegment
+    has_query: bool = True
+    reply: list[int] | None = None  # generated ids + env end-of-turn ids
+
+
+@register_memory("visual_window")
+class VisualWindowMemory(Memory):
+    """Keep all text, window the video (ThinkStream's RCSM; see the module docstring).
+
+    Args:
+        cfg: :class:`MemoryConfig` (``window_chunks``, ``evict_block``, ``keep_all_video``,
+            ``text_sink_tokens``, ``text_recent_tokens``).
+        system_ids: token ids of the system turn (always first).
+    """
+
+    def __init__(self, cfg: MemoryConfig, system_ids: list[int]):
+        super().__init__(cfg, system_ids)
         self.chunks: list[_Chunk] = []
         self._prev_key: list[tuple] = []
         self._prev_ids: list[int] = []
+
+    @classmethod
+    def video_cutoff(cls, cfg: MemoryConfig, turn: int) -> int:
+        """``max(0, floor((t - W + 1) / B) * B)``; 0 with ``keep_all_video``."""
+        if cfg.keep_all_video:
+            return 0
+        return max(0, (turn - cfg.window_chunks + 1) // cfg.evict_block * cfg.evict_block)
+
+    @classmethod
+    def block_start(cls, cfg: MemoryConfig, turn: int) -> int:
+        """The turn at which ``turn``'s eviction block began (0 for the first block); with
+        ``keep_all_video``, blocks of B turns under a text cap, else one block."""
+        if cfg.keep_all_video:
+            return turn // cfg.evict_block * cfg.evict_block if cfg.text_cap else 0
+        cut = cls.video_cutoff(cfg, turn)
+        return 0 if cut == 0 else cut + cfg.window_chunks - 1
+
+    @classmethod
+    def max_videos(cls, cfg: MemoryConfig, max_chunks: int) -> int:
+        """``W + B - 1``, or ``max_chunks`` with ``keep_all_video``."""
+        return max_chunks if cfg.keep_all_video else cfg.window_chunks + cfg.evict_block - 1
 
     def add_chunk(
         self, head: list[int], video: VideoSegment, tail: list[int], has_query: bool = True
@@ -146,6 +317,9 @@ class VisualWindowMemory:
 
         ``has_query=False`` (no query asked in this chunk) lets a text cap drop the chunk's
         time marker once its video is evicted and its reply dropped.
+
+        Raises:
+            RuntimeError: the previous chunk has no reply yet.
         """
         if self.chunks and self.chunks[-1].reply is None:
             raise RuntimeError("add_reply() for the previous chunk must come before the next add_chunk()")
@@ -159,7 +333,7 @@ class VisualWindowMemory:
         """Turns whose assistant text stays (all unless a text cap is set)."""
         if not self.cfg.text_cap:
             return set(range(turn))
-        start = self.cfg.block_start(turn)
+        start = self.block_start(self.cfg, turn)
         kept = set(range(start, turn))  # text of the current block stays in place
         for order, budget in ((range(start), self.cfg.text_sink_tokens),
                               (range(start - 1, -1, -1), self.cfg.text_recent_tokens)):  # fmt: skip
@@ -176,7 +350,7 @@ class VisualWindowMemory:
         turn = len(self.chunks) - 1
         if turn < 0:
             raise RuntimeError("prompt() before any add_chunk()")
-        cutoff = self.cfg.video_cutoff(turn)
+        cutoff = self.video_cutoff(self.cfg, turn)
         replies = self._kept_replies(turn)
         pieces: list[tuple[tuple, list[int], VideoSegment | None]] = [(("system",), self.system_ids, None)]
         for k, c in enumerate(self.chunks):
@@ -204,7 +378,7 @@ class VisualWindowMemory:
         shared = self._shared_prefix(keys, pieces, ids)
         self._prev_key, self._prev_ids = keys, ids
         stats = MemoryStats(len(ids), sum(v.visual_tokens for v in videos), shared, len(videos))
-        return Prompt(ids, types, videos, video_chunks, self.cfg.block_start(turn), stats)
+        return Prompt(ids, types, videos, video_chunks, self.block_start(self.cfg, turn), stats)
 
     def _shared_prefix(self, keys: list[tuple], pieces, ids: list[int]) -> int:
         """Tokens shared with the previous prompt: whole equal pieces, then a common text prefix."""

@@ -116,12 +116,11 @@ def build_policy(
 
 
 def max_videos(cfg) -> int:
-    """Most chunk videos one prompt can hold under the recipe's memory (the engine's
-    per-prompt video limit): ``W + B - 1``, or every chunk without eviction."""
-    mem = cfg.rollout.memory
-    if mem.keep_all_video:
-        return cfg.rollout.env.max_chunks or 1024
-    return mem.window_chunks + mem.evict_block - 1
+    """Most chunk videos one prompt can hold under the recipe's memory policy (the engine's
+    per-prompt video limit, :meth:`~streamreason.rollout.memory.MemoryConfig.max_videos`;
+    ``visual_window``: ``W + B - 1``, or every chunk without eviction). Streams without
+    ``env.max_chunks`` count as 1024 chunks: the engine needs a finite limit."""
+    return cfg.rollout.memory.max_videos(cfg.rollout.env.max_chunks or 1024)
 
 
 def make_env_pool(cfg):
