@@ -30,8 +30,6 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import Future
 from functools import cache
 from typing import Any
 from uuid import uuid4
@@ -43,7 +41,7 @@ from streamreason.errors import StreamReasonError
 from streamreason.rewards.composite import RewardResult
 from streamreason.rl.rows import TrainRow, build_rows
 from streamreason.rollout.engine import BudgetCut, Generation, GenerationRequest, finish_turn
-from streamreason.rollout.loop import Trajectory, TrajectoryRecorder, encode_chunk, think_budget
+from streamreason.rollout.loop import ChunkEncodings, Trajectory, TrajectoryRecorder, think_budget
 from streamreason.rollout.vllm_engine import check_video_timing, vllm_videos
 from streamreason.types import StreamRow
 
@@ -61,42 +59,6 @@ _ENV_LOCK = threading.Lock()
 def _locked(fn, *args):
     with _ENV_LOCK:
         return fn(*args)
-
-
-class ChunkEncodings:
-    """The user turns (:func:`~streamreason.rollout.loop.encode_chunk`) of the chunks a worker's
-    trajectories watch, shared: a row's G trajectories see the same chunks, so the processor
-    encodes each chunk once per worker, not once per trajectory (as the lockstep loop does).
-
-    Keyed by (row id, video, stream end, chunk); the ``size`` most recently used are kept.
-    Thread-safe (trajectories call it from executor threads); concurrent requests for one chunk
-    wait for the first one's encoding.
-    """
-
-    def __init__(self, size: int = 128):
-        self.size, self._lock, self._items = size, threading.Lock(), OrderedDict()
-
-    def get(self, encoder, row: StreamRow, obs: dict):
-        """``(head_ids, video, tail_ids)`` of ``obs``; the first trajectory to ask encodes, the
-        others (concurrent ones included) wait for it."""
-        key = (row.id, row.video_path, row.end_s, obs["chunk_index"])
-        with self._lock:
-            item = self._items.get(key)
-            owner = item is None
-            if owner:
-                item = self._items[key] = Future()
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-            else:
-                self._items.move_to_end(key)
-        if owner:
-            try:
-                item.set_result(encode_chunk(encoder, obs))
-            except BaseException as e:
-                item.set_exception(e)
-                with self._lock:
-                    self._items.pop(key, None)
-        return item.result()
 
 
 @cache

@@ -13,7 +13,10 @@ the forward-pass inputs from them (position ids follow from ids, modality ids an
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -191,6 +194,54 @@ def encode_chunk(encoder: ChatEncoder, obs: dict) -> tuple[list[int], VideoSegme
     return head, video, tail
 
 
+class ChunkEncodings:
+    """The user turns (:func:`encode_chunk`) of the chunks a group of trajectories watches,
+    shared: a row's G trajectories see the same chunks, so the processor encodes each chunk
+    once, not once per trajectory. Both drivers use it: :func:`run_rollouts` (one per call) and
+    the verl agent loop (one per worker process).
+
+    Keyed by the row's identity (id, video, stream end, queries) and the chunk index, so equal
+    rows share their encodings; the ``size`` most recently used are kept. Thread-safe (verl's
+    trajectories call it from executor threads): concurrent requests for one chunk wait for the
+    first one's encoding, and a failed encoding is dropped (the next request tries again).
+
+    Args:
+        size: most encodings kept (least recently used dropped first).
+    """
+
+    def __init__(self, size: int = 128):
+        self.size, self._lock, self._items = size, threading.Lock(), OrderedDict()
+
+    def get(
+        self, encoder: ChatEncoder, row: StreamRow, obs: dict
+    ) -> tuple[list[int], VideoSegment, list[int]]:
+        """``(head_ids, video, tail_ids)`` of ``obs``, an observation of ``row``'s stream; the
+        first caller encodes, the others (concurrent ones included) wait for it.
+
+        Raises:
+            whatever the encoding raised, to every caller waiting for it.
+        """
+        key = (row.id, row.video_path, row.end_s, tuple(row.queries), obs["chunk_index"])
+        with self._lock:
+            item = self._items.get(key)
+            owner = item is None
+            if owner:
+                item = self._items[key] = Future()
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            else:
+                self._items.move_to_end(key)
+        if owner:
+            try:
+                item.set_result(encode_chunk(encoder, obs))
+            except BaseException as e:
+                item.set_exception(e)
+                with self._lock:
+                    if self._items.get(key) is item:
+                        del self._items[key]
+        return item.result()
+
+
 class TrajectoryRecorder:
     """Builds one trajectory turn by turn, for any driver of env and engine.
 
@@ -301,17 +352,12 @@ def run_rollouts(
         total += info["n_chunks"]
         traj = Trajectory(rows[r], i % g, info["chunk_seconds"])
         live.append(_Live(TrajectoryRecorder(traj, encoder, cfg), env_id, r, obs))
-    # Every copy of a row sees the same chunk: encode each (row, chunk) once and share it.
-    pieces: dict[tuple[int, int], tuple[list[int], VideoSegment, list[int]]] = {}
+    # The copies of a row advance together, so one kept encoding per row is enough.
+    pieces = ChunkEncodings(size=max(1, len(rows)))
     bar = tqdm(total=total, desc="rollout turns", unit="turn", disable=not progress)
     finished: list[_Live] = []
     while live:
-        requests = []
-        for x in live:
-            k = (x.row_index, x.obs["chunk_index"])
-            if k not in pieces:
-                pieces[k] = encode_chunk(encoder, x.obs)
-            requests.append(x.recorder.request(x.obs, pieces[k]))
+        requests = [x.recorder.request(x.obs, pieces.get(encoder, x.traj.row, x.obs)) for x in live]
         gens = engine.generate(requests, cfg.sampling, cfg.protocol.max_new_tokens, budget)
         actions = []
         for x, gen in zip(live, gens):

@@ -152,11 +152,12 @@ def test_concurrent_trajectories_share_one_worker(run, tiny_policy, monkeypatch)
     """verl runs a row's G trajectories as coroutines of one worker: they share its frame store
     and its chunk encodings (each chunk encoded once, not once per trajectory)."""
     import streamreason.rl.verl_agent as agent
+    import streamreason.rollout.loop as loop_module  # ChunkEncodings encodes through its encode_chunk
 
     encoded = []
-    real = agent.encode_chunk
+    real = loop_module.encode_chunk
     monkeypatch.setattr(
-        agent, "encode_chunk", lambda enc, obs: encoded.append(obs["chunk_index"]) or real(enc, obs)
+        loop_module, "encode_chunk", lambda enc, obs: encoded.append(obs["chunk_index"]) or real(enc, obs)
     )
     agent._stack.cache_clear()  # a fresh worker: earlier tests' encodings are not cached
     cfg, config, run_dir = run
