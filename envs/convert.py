@@ -1,24 +1,30 @@
 """Dataset converters: other projects' training data and streaming benchmarks into our rows.
 
 ``streamreason data convert --from FORMAT IN OUT --video-root DIR`` writes the project's row
-format (ThinkStream's RL JSONL, :mod:`streamreason.types`) from:
+format (ThinkStream's RL JSONL, :mod:`streamreason.types`) from a registered format:
 
-========================  ===============================================================
-``thinkstream``           ThinkStream RL JSONL (``video_path``, ``conversations``)
-``thinkstream-sft``       ThinkStream SFT JSONL: the same plus ``thoughts`` (required)
-``vst``                   VST RL parquet (``prompt``, ``video_context``, ``data_source``,
-                          ``reward_model.ground_truth``, ``extra_info.duration``)
-``ovo``                   OVO-Bench ``ovo_bench_new.json`` (all 12 tasks,
-                          :mod:`streamreason.evals.ovo`)
-``streamingbench-real``   StreamingBench ``questions_real.json``
-                          (:mod:`streamreason.evals.streamingbench`)
-``streamingbench-proactive``  StreamingBench ``questions_proactive.json``
-========================  ===============================================================
+==============================  =========================================================
+``thinkstream``                 ThinkStream RL JSONL (``video_path``, ``conversations``)
+``thinkstream-sft``             ThinkStream SFT JSONL: the same plus ``thoughts`` (required)
+``vst``                         VST RL parquet (``prompt``, ``video_context``, ``data_source``,
+                                ``reward_model.ground_truth``, ``extra_info.duration``)
+``ovo``                         OVO-Bench ``ovo_bench_new.json`` (all 12 tasks;
+                                registered by :mod:`streamreason.evals.ovo`)
+``streamingbench-real``         StreamingBench ``questions_real.json``
+                                (registered by :mod:`streamreason.evals.streamingbench`)
+``streamingbench-proactive``    StreamingBench ``questions_proactive.json`` (the same)
+==============================  =========================================================
 
-Formats are those of the projects' released code (SEEDS.md names the repositories). Every
-source entry either becomes rows or is reported with its locator and reason; videos are looked
-up under the video root, and missing ones are counted and listed (``OUT.missing.txt``), never
-fatal: their rows are still written unless ``skip_missing``.
+The training-data formats are registered here; a benchmark's annotation format is registered
+by its benchmark module (:func:`register_format`), beside the scorer that reads the same files,
+because this stage package must not import the benchmarks (``evals/`` sits downstream of
+``envs/``). Importing :mod:`streamreason.evals` registers them all; :func:`list_formats` lists
+what is registered.
+
+Formats are those of the projects' released code and data. Every source entry either becomes
+rows or is reported with its locator and reason; videos are looked up under the video root, and
+missing ones are counted and listed (``OUT.missing.txt``), never fatal: their rows are still
+written unless ``skip_missing``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,33 @@ from streamreason.types import Query, StreamRow, finite_float, json_line
 
 # An entry reader yields, per source entry, (locator, rows) or (locator, RowError).
 Reader = Callable[[Path], Iterator[tuple[str, "list[StreamRow] | RowError"]]]
+
+_READERS: dict[str, Reader] = {}
+
+
+def register_format(name: str) -> Callable[[Reader], Reader]:
+    """Decorator registering an entry reader as the converter of format ``name``
+    (``data convert --from NAME``, :func:`read_source`).
+
+    A reader takes the source file and yields, per source entry, ``(locator, rows)`` or
+    ``(locator, RowError)``; video paths are resolved afterwards by :func:`read_source`.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+
+    def decorate(reader: Reader) -> Reader:
+        if name in _READERS:
+            raise ValueError(f"format {name!r} is already registered to {_READERS[name].__qualname__}")
+        _READERS[name] = reader
+        return reader
+
+    return decorate
+
+
+def list_formats() -> list[str]:
+    """The registered formats, in registration order (this module's first)."""
+    return list(_READERS)
 
 
 def video_under(root: Path, path: str) -> str:
@@ -101,12 +134,14 @@ def _thinkstream(path: Path, need_thoughts: bool) -> Iterator[tuple[str, list[St
         yield where, [row]
 
 
+@register_format("thinkstream")
 def read_thinkstream(path: Path):
-    """ThinkStream RL JSONL (``thinkstream/data``; SEEDS.md "RL data"): one row per line, kept
-    as is (extra fields such as ``interaction_mode`` go to ``meta``)."""
+    """ThinkStream RL JSONL (its released RL data): one row per line, kept as is (extra fields
+    such as ``interaction_mode`` go to ``meta``)."""
     return _thinkstream(path, need_thoughts=False)
 
 
+@register_format("thinkstream-sft")
 def read_thinkstream_sft(path: Path):
     """ThinkStream SFT JSONL: RL rows plus gold ``thoughts`` (an entry without them is an error)."""
     return _thinkstream(path, need_thoughts=True)
@@ -116,8 +151,9 @@ _VST_KINDS = {"multiple choice": "choice", "yes or no": "yesno", "numerical": "n
 _BOXED_INSTRUCTION = re.compile(r"\s*Output the final answer in \\boxed\{\}\.?\s*$")
 
 
+@register_format("vst")
 def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
-    """VST RL parquet (VST-RL's ``video_memory`` dataset; SEEDS.md "RL data"), one row per entry.
+    """VST RL parquet (VST-RL's ``video_memory`` dataset), one row per entry.
 
     VST asks its question once, on the last turn, after the whole video: the query is asked and
     answerable at ``extra_info.duration`` seconds. ``data_source`` is the answer type
@@ -174,24 +210,6 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
         yield where, [StreamRow(id=rid, video_path=video, queries=[q], task=source, meta=meta)]
 
 
-def _readers() -> dict[str, Reader]:
-    from streamreason.evals import ovo, streamingbench
-
-    return {
-        "thinkstream": read_thinkstream,
-        "thinkstream-sft": read_thinkstream_sft,
-        "vst": read_vst,
-        "ovo": ovo.read_annotations,
-        "streamingbench-real": streamingbench.read_real,
-        "streamingbench-proactive": streamingbench.read_proactive,
-    }
-
-
-FORMATS = (
-    "thinkstream", "thinkstream-sft", "vst", "ovo", "streamingbench-real", "streamingbench-proactive",
-)  # fmt: skip
-
-
 @dataclass
 class ConvertReport:
     """What a conversion did.
@@ -216,13 +234,12 @@ def read_source(fmt: str, src: str | Path, video_root: str | Path | None = None)
     ``video_root`` (default: ``src``'s folder) and checking that they exist.
 
     Raises:
-        ConfigError: unknown ``fmt`` (the message lists the formats).
+        ConfigError: unknown ``fmt`` (the message lists the registered formats).
         RowError: ``src`` does not exist (``where`` is the path as given, reason ``"no such
             file"``), or as a whole cannot be read (not JSON / not parquet / wrong top level).
     """
-    readers = _readers()
-    if fmt not in readers:
-        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt not in _READERS:
+        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(list_formats())}")
     src = Path(src)
     if not src.is_file():
         raise RowError(str(src), "no such file")
@@ -231,7 +248,7 @@ def read_source(fmt: str, src: str | Path, video_root: str | Path | None = None)
     rows_per: Counter[str] = Counter()
     queries_per: Counter[str] = Counter()
     exists: dict[str, bool] = {}
-    for where, got in readers[fmt](src):
+    for where, got in _READERS[fmt](src):
         report.entries += 1
         if isinstance(got, list):
             got = _resolve_videos(got, root, where)

@@ -1,5 +1,6 @@
 """OVO-Bench (github.com/JoeLeelyf/OVO-Bench, current edition): annotations to streams, result
-files, and the official scorer.
+files, the official scorer, and the registered benchmark :class:`OVOBench` (``--benchmark ovo``,
+``data convert --from ovo``).
 
 Source of every rule here, by file of the upstream repository:
 
@@ -22,11 +23,14 @@ Source of every rule here, by file of the upstream repository:
 As streams: a backward or real-time question is one row that stops at ``ceil(realtime)`` with
 the question asked at ``realtime``; a forward entry is a multi-query stream with one query per
 probe, stopping at its last probe. Probes that fall in the same second go to separate streams
-(``ovo-<id>-<k>``), so each gets its own turn.
+(``ovo-<id>-<k>``), so each gets its own turn. Each row's ``meta`` holds the entry's ``ovo_id``,
+its ``category`` and, for forward streams, the ``probes`` it asks, which the result file is
+written from.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -34,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamreason.envs.convert import read_json
+from streamreason.envs.convert import ConvertReport, read_json, read_source, register_format
 from streamreason.errors import RowError
+from streamreason.evals.registry import Benchmark, Prediction, register_benchmark
 from streamreason.types import Query, StreamRow, finite_float
 
 BACKWARD_TASKS = ["EPM", "ASI", "HLD"]
@@ -209,6 +214,7 @@ def entry_rows(entry: dict, where: str) -> list[StreamRow]:
     return rows
 
 
+@register_format("ovo")
 def read_annotations(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
     """Converter entry point (``data convert --from ovo``): each annotation entry's streams."""
     for i, entry in enumerate(load_annotations(path)):
@@ -376,3 +382,62 @@ def score(results: dict[str, list]) -> tuple[OVOScore, dict[str, list[int]]]:
     if out.categories:
         out.total = sum(out.categories.values()) / len(out.categories)
     return out, {t: v for tasks in per_task.values() for t, v in tasks.items()}
+
+
+@register_benchmark("ovo")
+class OVOBench(Benchmark):
+    """OVO-Bench in the harness: annotations ``ovo_bench_new.json`` (the first ``--anno`` file
+    is the one the result file is written from), result file
+    ``ovo/<name>/<name>_<tasks>_offline_1.json``, scored by :func:`score`."""
+
+    def convert_file(self, path: str, video_root: str | None) -> ConvertReport:
+        return read_source("ovo", path, video_root)
+
+    def item_score(self, row: StreamRow, prediction: Prediction) -> float:
+        """1/0 by the task's rule (:func:`score_rec`, :func:`score_yes_no`, :func:`score_choice`);
+        no response is 0."""
+        if row.task == "REC":
+            return float(score_rec(prediction.response, prediction.ground_truth))
+        if row.task in ("SSR", "CRR"):
+            return float(score_yes_no(prediction.response, int(prediction.ground_truth == "Yes")))
+        return float(score_choice(prediction.response, prediction.ground_truth))
+
+    def write_results(self, anno: list[str], rows: list[StreamRow], preds: dict[str, list[Prediction]],
+                      out_dir: Path, model_name: str) -> list[Path]:  # fmt: skip
+        """The one result file of the evaluated entries (:func:`result_file`); a question
+        without a response is written as ``None``, which the official scorer counts wrong."""
+        responses: dict[tuple[Any, int | None], str | None] = {}
+        ids = set()
+        for row in rows:
+            oid = row.meta["ovo_id"]
+            ids.add(oid)
+            probes = row.meta.get("probes")
+            for p in preds[row.id]:
+                responses[(oid, None if probes is None else probes[p.query])] = p.response
+        entries = [e for e in load_annotations(anno[0]) if e.get("id") in ids]
+        tasks = [
+            t
+            for t in BACKWARD_TASKS + REAL_TIME_TASKS + FORWARD_TASKS
+            if any(e["task"] == t for e in entries)
+        ]
+        path = out_dir / "ovo" / model_name / f"{model_name}_{'_'.join(tasks)}_offline_1.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result_file(entries, responses), indent=4))
+        return [path]
+
+    def official_score(self, files: list[Path], model_name: str) -> tuple[dict, str]:
+        """The scores of every result file in the folder of ``files[0]`` (as ``score.py``
+        reads a model's folder), and the scorer's printout (:meth:`OVOScore.report`)."""
+        return self.score_results_dir(files[0].parent, model_name)
+
+    def score_results_dir(self, results_dir: str | Path, model_name: str | None) -> tuple[dict, str]:
+        """The scores of every ``*.json`` in ``results_dir`` (OVO-Bench's ``results/<model>/``);
+        ``model_name`` defaults to the folder's name.
+
+        Raises:
+            RowError: as :func:`load_results` and :func:`score`.
+        """
+        result, _ = score(load_results(results_dir))
+        scores = {"tasks": result.tasks, "counts": result.counts, "categories": result.categories,
+                  "total": result.total}  # fmt: skip
+        return scores, result.report(model_name or Path(results_dir).name)

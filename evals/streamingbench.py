@@ -1,5 +1,7 @@
 """StreamingBench (github.com/THUNLP-MT/StreamingBench): real-time and proactive questions to
-streams, output files, and the official scorer.
+streams, output files, the official scorer, and the registered benchmark
+:class:`StreamingBench` (``--benchmark streamingbench``, ``data convert --from
+streamingbench-real|streamingbench-proactive``).
 
 Source of every rule here, by file of the upstream repository:
 
@@ -32,19 +34,23 @@ As streams: a real-time question is one row that stops at its time stamp, asked 
 proactive question is one row asked at ``time_stamp`` that plays to ground truth + 4 s; each
 1 s chunk is a poll, and the first response is the model speaking: its time is the end of the
 response's chunk (the video seen so far), as the official ``current_time``. Streams start at 0
-(the benchmark's "all context" setting).
+(the benchmark's "all context" setting). Each row's ``meta`` holds its ``kind`` (``"real"`` or
+``"proactive"``, which decides how it is scored and which output file it goes to) and the
+``entry`` and ``question`` indices of the annotation file it comes from.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamreason.envs.convert import read_json
-from streamreason.errors import RowError
+from streamreason.envs.convert import ConvertReport, read_json, read_source, register_format
+from streamreason.errors import ConfigError, RowError
+from streamreason.evals.registry import Benchmark, Prediction, register_benchmark
 from streamreason.types import Query, StreamRow
 
 # src/benchmark/StreamingBench.py, verbatim
@@ -69,6 +75,7 @@ PROACTIVE_TOLERANCE_S = 2  # count.py: right when within 2 s of the ground truth
 # The real-time response written for a question without one: count.py needs a non-empty string
 # (it reads ``response[0]``), and its first character is no option letter, so it scores wrong.
 NO_RESPONSE = "<no response>"
+KINDS = ("real", "proactive")  # row.meta["kind"]; the output files are <kind>_output_<model>.json
 
 
 def parse_timestamp(ts: Any, where: str) -> int:
@@ -119,7 +126,8 @@ def _entries(path: Path) -> Iterator[tuple[int, str, dict | RowError]]:
 
 
 def real_row(question: Any, e: int, q: int, video: str, at: str) -> StreamRow:
-    """Row ``sb-real-<e>-<q>``: the real-time question asked, and the stream cut, at its time stamp.
+    """Row ``sb-real-<e>-<q>`` (``meta``: ``kind="real"``, ``entry=e``, ``question=q``): the
+    real-time question asked, and the stream cut, at its time stamp.
 
     Raises:
         RowError: the question is malformed (names ``at`` and the field).
@@ -132,7 +140,7 @@ def real_row(question: Any, e: int, q: int, video: str, at: str) -> StreamRow:
     if not isinstance(options, list) or len(options) < 4 or not all(isinstance(o, str) for o in options):
         raise RowError(at, "needs 'options', a list of 4 strings")
     t = parse_timestamp(question.get("time_stamp"), at)
-    meta = {"benchmark": "streamingbench", "entry": e, "question": q}
+    meta = {"benchmark": "streamingbench", "kind": "real", "entry": e, "question": q}
     query = Query(build_prompt(question), float(t), question["answer"], float(t))
     return StreamRow(
         f"sb-real-{e}-{q}", video, [query], task=_task_type(question, None, at), meta=meta, end_s=max(t, 1)
@@ -147,7 +155,8 @@ def _task_type(question: dict, default: str | None, at: str) -> str | None:
 
 
 def proactive_row(question: Any, e: int, q: int, video: str, at: str) -> StreamRow:
-    """Row ``sb-proactive-<e>-<q>``: asked at its time stamp, played to ground truth + 4 s.
+    """Row ``sb-proactive-<e>-<q>`` (``meta``: ``kind="proactive"``, ``entry=e``,
+    ``question=q``): asked at its time stamp, played to ground truth + 4 s.
 
     Raises:
         RowError: the question is malformed (names ``at`` and the field).
@@ -158,7 +167,7 @@ def proactive_row(question: Any, e: int, q: int, video: str, at: str) -> StreamR
         raise RowError(at, "needs 'question' and 'ground_truth_output' (strings)")
     t = parse_timestamp(question.get("time_stamp"), at)
     gt = parse_timestamp(question.get("ground_truth_time_stamp"), at)
-    meta = {"benchmark": "streamingbench", "entry": e, "question": q}
+    meta = {"benchmark": "streamingbench", "kind": "proactive", "entry": e, "question": q}
     query = Query(question["question"], float(t), question["ground_truth_output"], float(gt))
     return StreamRow(f"sb-proactive-{e}-{q}", video, [query], task=_task_type(question, "Proactive Output", at),
                      meta=meta, end_s=gt + PROACTIVE_GRACE_S)  # fmt: skip
@@ -176,20 +185,24 @@ def _read(path: Path, build) -> Iterator[tuple[str, list[StreamRow] | RowError]]
             yield where, err
 
 
+@register_format("streamingbench-real")
 def read_real(path: Path):
     """Converter entry point (``data convert --from streamingbench-real``)."""
     return _read(path, real_row)
 
 
+@register_format("streamingbench-proactive")
 def read_proactive(path: Path):
     """Converter entry point (``data convert --from streamingbench-proactive``)."""
     return _read(path, proactive_row)
 
 
-def is_proactive(data: list) -> bool:
-    """Whether loaded questions are proactive ones (they carry ``ground_truth_output``)."""
-    return any("ground_truth_output" in q for e in data[:5] if isinstance(e, dict)
-               for q in e.get("questions", []) if isinstance(q, dict))  # fmt: skip
+def file_kind(data: list) -> str:
+    """``"proactive"`` or ``"real"``: the kind of a loaded questions (or output) file; proactive
+    questions carry ``ground_truth_output``."""
+    proactive = any("ground_truth_output" in q for e in data[:5] if isinstance(e, dict)
+                    for q in e.get("questions", []) if isinstance(q, dict))  # fmt: skip
+    return "proactive" if proactive else "real"
 
 
 def proactive_record(polls: list[tuple[float, str]], answered_at: float | None) -> dict:
@@ -344,3 +357,85 @@ def score(real: list[dict] | None, proactive: list[dict] | None, model: str) -> 
                 out.proactive_unanswered += silent
         out.proactive = (n, time_ok, answer_ok)
     return out
+
+
+@register_benchmark("streamingbench")
+class StreamingBench(Benchmark):
+    """StreamingBench in the harness: annotations ``questions_real.json`` and/or
+    ``questions_proactive.json`` (told apart by their questions: proactive ones carry
+    ``ground_truth_output``), output files ``<kind>_output_<name>.json``, scored by
+    :func:`score`. A row's kind is ``row.meta["kind"]``."""
+
+    def convert_file(self, path: str, video_root: str | None) -> ConvertReport:
+        return read_source(f"streamingbench-{file_kind(load_questions(path))}", path, video_root)
+
+    def item_score(self, row: StreamRow, prediction: Prediction) -> float:
+        """count.py's rule for the row's kind: real-time by :func:`real_time_correct`, proactive
+        by the answer accuracy of :func:`proactive_correct`; silence is wrong (0)."""
+        p = prediction
+        if row.meta["kind"] == "proactive":
+            if p.response is None:
+                return 0.0
+            return float(proactive_correct(p.response_s, p.response, p.answer_time_s, p.ground_truth)[1])
+        return float(real_time_correct(p.response, p.ground_truth))
+
+    def write_results(self, anno: list[str], rows: list[StreamRow], preds: dict[str, list[Prediction]],
+                      out_dir: Path, model_name: str) -> list[Path]:  # fmt: skip
+        """One output file per annotation file: the annotation with the model's key added to
+        each evaluated question (as StreamingBench's ``eval.py``). A real-time question without
+        a response is written as :data:`NO_RESPONSE` (count.py raises on ``""``), a proactive
+        one with its silent polls up to ground truth + 4 s."""
+        by_key = {(r.meta["kind"], r.meta["entry"], r.meta["question"]): r for r in rows}
+        written = []
+        for src in anno:
+            data = load_questions(src)
+            kind = file_kind(data)
+            for e, entry in enumerate(data):
+                for q, question in enumerate(entry["questions"]):
+                    row = by_key.get((kind, e, q))
+                    if row is None:
+                        continue
+                    (p,) = preds[row.id]
+                    if kind == "real":
+                        question[model_name] = p.response or NO_RESPONSE
+                    else:
+                        polls = list(p.polls) or [(p.answer_time_s + PROACTIVE_GRACE_S, "")]
+                        question[model_name] = proactive_record(polls, p.response_s)
+            path = out_dir / f"{kind}_output_{model_name}.json"
+            path.write_text(json.dumps(data, indent=4))
+            written.append(path)
+        return written
+
+    def official_score(self, files: list[Path], model_name: str):
+        """:func:`score` of the ``real_output_*`` and ``proactive_output_*`` files among
+        ``files`` (the first of each), and its report."""
+        data = {kind: next((json.loads(f.read_text()) for f in files if f.name.startswith(f"{kind}_")), None)
+                for kind in KINDS}  # fmt: skip
+        result = score(data["real"], data["proactive"], model_name)
+        scores = {"tasks": {k: {"total": n, "correct": c} for k, (n, c) in result.tasks.items()},
+                  "real_time_total": dict(zip(("total", "correct"), result.total, strict=True)),
+                  "proactive": None if result.proactive is None else
+                  dict(zip(("total", "time_correct", "answer_correct"), result.proactive, strict=True)),
+                  "unanswered": result.unanswered, "proactive_unanswered": result.proactive_unanswered}  # fmt: skip
+        return scores, result.report(model_name)
+
+    def score_results_dir(self, results_dir: str | Path, model_name: str | None):
+        """The scores of ``real_output_*.json`` and/or ``proactive_output_*.json`` in
+        ``results_dir`` (one of each at most); ``model_name`` defaults to the files' model key
+        (:func:`find_model_key`).
+
+        Raises:
+            ConfigError: no output file, or several of one kind.
+            RowError: a file is malformed, or the model key cannot be told.
+        """
+        d = Path(results_dir)
+        files = {kind: sorted(d.glob(f"{kind}_output_*.json")) for kind in KINDS}
+        if not any(files.values()):
+            raise ConfigError(
+                f"{d}: no StreamingBench output files (real_output_*.json, proactive_output_*.json)"
+            )
+        for kind, found in files.items():
+            if len(found) > 1:
+                raise ConfigError(f"{d}: several {kind}_output_*.json files; keep one per folder")
+        found = [f for kind in KINDS for f in files[kind]]
+        return self.official_score(found, model_name or find_model_key(json.loads(found[0].read_text())))

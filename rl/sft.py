@@ -12,7 +12,6 @@ each turn is class-balanced and optionally focal-weighted (Streamo; ``Learner.sf
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from streamreason.rollout.chat import ChatEncoder, find_subsequence
 from streamreason.rollout.engine import Engine, Generation
 from streamreason.rollout.loop import RolloutConfig, RowFailure, run_rollouts
 from streamreason.types import StreamRow
+from streamreason.types import chunk_index as time_to_chunk  # gold_turn has an argument chunk_index
 
 DECISIONS = ("silent", "response", "standby")
 """Decision classes, in label order (``TrainRow.decision`` values 0, 1, 2)."""
@@ -59,8 +59,7 @@ def gold_turn(encoder: ChatEncoder, row: StreamRow, chunk_index: int, chunk_seco
     """
 
     def chunk_of(t: float) -> int:
-        k = math.floor(t / chunk_seconds + 1e-9)
-        return k if last_chunk is None else min(k, last_chunk)
+        return time_to_chunk(t, chunk_seconds, None if last_chunk is None else last_chunk + 1)
 
     think = "; ".join(t.think for t in row.thoughts if chunk_of(t.time_s) == chunk_index)
     for q in sorted(row.queries, key=lambda q: q.time_s):

@@ -17,9 +17,8 @@ import math
 import sys
 from pathlib import Path
 
-from streamreason.envs.convert import FORMATS
 from streamreason.errors import StreamReasonError
-from streamreason.evals.harness import BENCHMARKS
+from streamreason.evals import BENCHMARKS, FORMATS
 from streamreason.modeling import TINY_ARCHS
 
 
@@ -332,25 +331,10 @@ def _cmd_eval(args) -> None:
 def _cmd_eval_score(args) -> None:
     from rich.console import Console
 
-    from streamreason.evals import ovo, streamingbench
+    from streamreason.evals.registry import get_benchmark
 
-    console = Console(width=160)
-    if args.benchmark == "ovo":
-        result, _ = ovo.score(ovo.load_results(args.results_dir))
-        console.print(result.report(args.model_name or Path(args.results_dir).name), markup=False)
-        return
-    d = Path(args.results_dir)
-    files = {k: sorted(d.glob(f"{k}_output_*.json")) for k in ("real", "proactive")}
-    if not any(files.values()):
-        raise StreamReasonError(
-            f"{d}: no StreamingBench output files (real_output_*.json, proactive_output_*.json)"
-        )
-    data = {k: json.loads(v[0].read_text()) if v else None for k, v in files.items()}
-    for k, v in files.items():
-        if len(v) > 1:
-            raise StreamReasonError(f"{d}: several {k}_output_*.json files; keep one per folder")
-    model = args.model_name or streamingbench.find_model_key(next(x for x in data.values() if x is not None))
-    console.print(streamingbench.score(data["real"], data["proactive"], model).report(model))
+    _, printable = get_benchmark(args.benchmark).score_results_dir(args.results_dir, args.model_name)
+    Console(width=160).print(printable, markup=False)  # a model name is text, not rich markup
 
 
 def _eval_row(name: str, mean: dict, stderr: dict) -> dict:
@@ -519,7 +503,7 @@ def score_parser() -> argparse.ArgumentParser:
     """``streamreason eval score``: the official scorers on result files."""
     p = argparse.ArgumentParser(prog="streamreason eval score",
                                 description="score a streaming benchmark's result files with its official rules")  # fmt: skip
-    p.add_argument("--benchmark", required=True, choices=("ovo", "streamingbench"))
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument(
         "results_dir", help="OVO-Bench: results/<model>/; StreamingBench: the *_output_<model>.json folder"
     )

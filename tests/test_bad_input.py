@@ -31,8 +31,9 @@ from omegaconf import OmegaConf
 
 import streamreason.recipes
 from streamreason.config import StreamReasonConfig, load_config
-from streamreason.envs.convert import FORMATS, convert, read_json, read_source
+from streamreason.envs.convert import convert, read_json, read_source
 from streamreason.errors import ConfigError, RewardError, RowError
+from streamreason.evals import FORMATS  # the benchmarks register their converters on import
 from streamreason.rewards.answers import KINDS, answer_kind, answers_match, parse_answer
 from streamreason.rewards.composite import CompositeReward, RewardConfig, RewardResult
 from streamreason.rewards.registry import list_rewards

@@ -1,32 +1,16 @@
 """The benchmark harness end to end: real MP4s, the tiny model or a gold script, official files."""
 
 import json
-import math
-from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
-import streamreason.recipes
 from streamreason.cli import main
-from streamreason.config import load_config
 from streamreason.envs.convert import read_source
-from streamreason.envs.synthetic import synthesize
 from streamreason.evals.harness import run_benchmark
-from streamreason.rollout.engine import Engine, Generation
-from streamreason.stack import build_policy
-
-RECIPE = str(Path(streamreason.recipes.__file__).parent / "tiny_synthetic.yaml")
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    return synthesize(tmp_path_factory.mktemp("synth"), n=3, seed=3, min_seconds=6, max_seconds=8)
-
-
-def test_synthetic_benchmark_with_the_tiny_model(tiny_model_dir, synth, tmp_path, capsys):
+def test_synthetic_benchmark_with_the_tiny_model(tiny_recipe, tiny_model_dir, synth, tmp_path, capsys):
     out = tmp_path / "out"
-    main(["eval", RECIPE, "--benchmark", "synthetic", "--anno", str(synth), "--model", str(tiny_model_dir),
+    main(["eval", tiny_recipe, "--benchmark", "synthetic", "--anno", str(synth), "--model", str(tiny_model_dir),
           "--out", str(out), "--name", "tiny", "env_pool.in_process=true"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "synthetic benchmark: tiny" in printed and "3 streams, 0 failed" in printed
@@ -41,39 +25,9 @@ def test_synthetic_benchmark_with_the_tiny_model(tiny_model_dir, synth, tmp_path
     assert scores["scores"]["all"]["questions"] == want and scores["failed"] == 0
 
 
-class Oracle(Engine):
-    """Answers each question of ``rows`` right in the chunk where it becomes answerable (the
-    last chunk for times at or past the stream's end), silent otherwise and on other rows."""
-
-    def __init__(self, encoder, rows, chunk_seconds):
-        self.encoder, self.cs, self.rows = encoder, chunk_seconds, {r.id: r for r in rows}
-
-    def generate(self, requests, sampling, max_new_tokens, think_budget=None):
-        out = []
-        for req in requests:
-            row_id, _, k = req.key
-            row = self.rows.get(row_id)
-            last = math.ceil(row.end_s / self.cs) - 1 if row and row.end_s else math.inf
-            answer = next((q.answer for q in row.queries
-                           if min(math.floor(q.answer_time_s / self.cs), last) == k), None) if row else None  # fmt: skip
-            text = self.encoder.protocol.render("watching", "response" if answer else "silent", answer)
-            ids = [*self.encoder.text(text), self.encoder.end_of_turn_id]
-            out.append(Generation(ids, [0.0] * len(ids), [False] * len(ids), "stop"))
-        return out
-
-
-def _stack(cfg, rows):
-    encoder = build_policy(cfg).encoder
-    return encoder, Oracle(encoder, rows, cfg.rollout.env.chunk_seconds)
-
-
-def _cfg(tiny_model_dir):
-    return load_config(
-        RECIPE, [f"model={tiny_model_dir}", "env_pool.in_process=true", "rollout.sampling.temperature=0"]
-    )
-
-
-def test_ovo_harness_writes_official_results_that_score_the_same(tiny_model_dir, synth, tmp_path, capsys):
+def test_ovo_harness_writes_official_results_that_score_the_same(
+    eval_cfg, gold_stack, synth, tmp_path, capsys
+):
     """Gold answers (a script that answers every question right when asked) score 100 on each
     task, a stream whose video is missing scores 0, and ``eval score`` on the written
     OVO-Bench result file prints exactly the harness's numbers."""
@@ -92,9 +46,9 @@ def test_ovo_harness_writes_official_results_that_score_the_same(tiny_model_dir,
     anno_path = tmp_path / "ovo.json"
     anno_path.write_text(json.dumps(anno))
     root = synth.parent / "videos"
-    cfg = _cfg(tiny_model_dir)
+    cfg = eval_cfg
     summary = run_benchmark("ovo", cfg, anno=[str(anno_path)], video_root=str(root), out_dir=tmp_path / "out",
-                            name="gold", stack=_stack(cfg, read_source("ovo", anno_path, root).rows))  # fmt: skip
+                            name="gold", stack=gold_stack(cfg, read_source("ovo", anno_path, root).rows))  # fmt: skip
     harness_report = capsys.readouterr().out
     tasks = summary["scores"]["tasks"]
     assert tasks == {"backward": {"EPM": 50.0}, "realtime": {"OCR": 100.0},
@@ -143,16 +97,16 @@ def _streamingbench_files(synth, tmp_path, times):
     return paths, root
 
 
-def test_streamingbench_harness_polls_proactive_questions(tiny_model_dir, synth, tmp_path, capsys):
+def test_streamingbench_harness_polls_proactive_questions(eval_cfg, gold_stack, synth, tmp_path, capsys):
     """Gold answers: the real-time question is right; the proactive one speaks in the
     ground-truth second, so its poll time (end of that chunk) is within 2 s and it says the
     output. The written files score the same through ``eval score``."""
     paths, root = _streamingbench_files(synth, tmp_path, ["00:00:04"])
-    cfg = _cfg(tiny_model_dir)
+    cfg = eval_cfg
     rows = read_source("streamingbench-real", paths[0], root).rows + read_source(
         "streamingbench-proactive", paths[1], root).rows  # fmt: skip
     summary = run_benchmark("streamingbench", cfg, anno=[str(p) for p in paths], video_root=str(root),
-                            out_dir=tmp_path / "out", name="gold", stack=_stack(cfg, rows))  # fmt: skip
+                            out_dir=tmp_path / "out", name="gold", stack=gold_stack(cfg, rows))  # fmt: skip
     s = summary["scores"]
     assert s["tasks"] == {"Counting": {"total": 1, "correct": 1}}
     assert s["proactive"] == {"total": 1, "time_correct": 1, "answer_correct": 1}
@@ -171,17 +125,17 @@ def test_streamingbench_harness_polls_proactive_questions(tiny_model_dir, synth,
 
 
 def test_streamingbench_silence_is_scored_wrong_by_count_py_and_eval_score(
-    tiny_model_dir, synth, tmp_path, capsys, monkeypatch, official_streamingbench_count
+    eval_cfg, gold_stack, synth, tmp_path, capsys, monkeypatch, official_streamingbench_count
 ):
     """A policy silent on one of two real-time questions and on the proactive one: the written
     files are read by StreamingBench's own count.py without error, which gives 1 of 2 and 0 of
     1, as the harness and ``eval score`` do; both print how many went unanswered."""
     paths, root = _streamingbench_files(synth, tmp_path, ["00:00:04", "00:00:05"])
-    cfg = _cfg(tiny_model_dir)
+    cfg = eval_cfg
     answered = [r for r in read_source("streamingbench-real", paths[0], root).rows if r.id == "sb-real-0-0"]
     out = tmp_path / "out"
     summary = run_benchmark("streamingbench", cfg, anno=[str(p) for p in paths], video_root=str(root),
-                            out_dir=out, name="half", stack=_stack(cfg, answered))  # fmt: skip
+                            out_dir=out, name="half", stack=gold_stack(cfg, answered))  # fmt: skip
     s = summary["scores"]
     assert s["tasks"] == {"Counting": {"total": 2, "correct": 1}} and s["unanswered"] == 1
     assert (
@@ -207,11 +161,11 @@ def test_streamingbench_silence_is_scored_wrong_by_count_py_and_eval_score(
     assert "real-time: 1 of 2 unanswered; proactive: 1 of 1 unanswered (scored as wrong)" in printed
 
 
-def test_synthetic_benchmark_scores_gold_answers_as_right_and_on_time(tiny_model_dir, synth, tmp_path):
-    cfg = _cfg(tiny_model_dir)
+def test_synthetic_benchmark_scores_gold_answers_as_right_and_on_time(eval_cfg, gold_stack, synth, tmp_path):
+    cfg = eval_cfg
     rows = read_source("thinkstream", synth).rows
     summary = run_benchmark("synthetic", cfg, anno=[str(synth)], video_root=None, out_dir=tmp_path,
-                            name="gold", stack=_stack(cfg, rows))  # fmt: skip
+                            name="gold", stack=gold_stack(cfg, rows))  # fmt: skip
     everything = summary["scores"]["all"]
     assert (everything["accuracy"], everything["answered"], everything["abs_timing_error_s"]) == (
         100.0,

@@ -10,7 +10,8 @@ import pytest
 
 from streamreason.cli import main
 from streamreason.errors import RowError
-from streamreason.evals import harness, ovo, streamingbench
+from streamreason.evals import ovo, streamingbench
+from streamreason.evals.registry import Prediction, get_benchmark
 
 MC = ["{gt}", "{other}", "B. A person with a hat", "{gt_lower}", None, "The answer is {gt}.", "", "({gt})"]
 REC = ["{count}", "1, 2", "{count} times", "no", None, "0", "I count {count}, maybe {count}"]
@@ -190,7 +191,7 @@ def _sb_predictions(rows, seed):
     preds = {}
     for row in rows:
         (q,) = row.queries
-        p = harness.Prediction(row.id, row.task, 0, q.time_s, q.answer_time_s, q.answer)
+        p = Prediction(row.id, row.task, 0, q.time_s, q.answer_time_s, q.answer)
         if row.id.startswith("sb-real"):
             pick = rng.choice(SB_REAL_PICKS)
             other = "ABCD"[("ABCD".index(q.answer) + 1) % 4]
@@ -220,10 +221,11 @@ def test_streamingbench_harness_files_score_the_same_under_count_py(
     anno = [
         str(shared_data / "streamingbench" / f) for f in ("questions_real.json", "questions_proactive.json")
     ]
-    rows, _ = harness.load_benchmark_rows("streamingbench", anno, None)
+    bench = get_benchmark("streamingbench")
+    rows, _ = bench.rows(anno, None)
     preds = _sb_predictions(rows, seed)
-    files = harness.write_official("streamingbench", anno, rows, preds, tmp_path, "M")
-    scores, _ = harness.score_official("streamingbench", files, "M")
+    files = bench.write_results(anno, rows, preds, tmp_path, "M")
+    scores, _ = bench.official_score(files, "M")
     real = _count_py(official_streamingbench_count, tmp_path, monkeypatch, "real", files[0], "M")
     assert {k: {"total": v["total"], "correct": v["correct"]} for k, v in real.items()} == {
         **scores["tasks"], "total": scores["real_time_total"]}  # fmt: skip
@@ -236,7 +238,7 @@ def test_streamingbench_harness_files_score_the_same_under_count_py(
     never = sum(p.response is None for (p,) in preds.values() if p.row_id.startswith("sb-pro"))
     assert scores["proactive_unanswered"] == never > 30
     by_id = {r.id: r for r in rows}
-    items = [harness.item_score("streamingbench", by_id[i], p) for i, (p,) in preds.items()]
+    items = [bench.item_score(by_id[i], p) for i, (p,) in preds.items()]
     assert sum(items) == scores["real_time_total"]["correct"] + scores["proactive"]["answer_correct"]
 
 
