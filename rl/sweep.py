@@ -12,12 +12,17 @@ Layout of ``DIR``::
     trials/<id>/params.json  the trial's values
     trials/<id>/status.json  state (running | finished | failed), return code, error, times
     trials/<id>/train.log    the trial's stdout and stderr
-    trials/<id>/run/         the trial's run directory (metrics.jsonl, checkpoints, final/)
+    trials/<id>/run/         the trial's run directory (streamreason.rl.run_dir: status.json,
+                             metrics, checkpoints, final model; either trainer.backend)
     sweep.csv, sweep_curves.png, sweep_params.png   the report (``streamreason sweep report DIR``)
 
-Rerunning the same command skips finished trials, resumes interrupted ones from their newest
-checkpoint (``--resume``; from scratch when they have none) and retries failed ones. A trial
-that fails is recorded with its error and never stops the others.
+A trial is finished when ``streamreason train`` exits 0 and its run directory says so
+(``RunDir.finished``: status ``finished`` and the final model there), whichever backend trained
+it. Rerunning the same command skips finished trials, resumes interrupted ones from their newest
+checkpoint (``RunDir.latest_checkpoint``, ``--resume``; from scratch when they have none) and
+retries failed ones. A trial that fails is recorded with its error and never stops the others.
+The report reads each trial's metrics through ``RunDir.read_metrics``: the same records, reward
+metrics under the same names, for local and verl trials.
 
 Launchers: ``local`` runs K trials at once as subprocesses (``OMP_NUM_THREADS`` split between
 them); ``ray`` submits each trial as a Ray Job (``ray.job_submission.JobSubmissionClient``) to
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,8 @@ from typing import Any
 import numpy as np
 
 from streamreason.errors import ConfigError
+from streamreason.rl.metrics import is_reward_metric
+from streamreason.rl.run_dir import RunDir
 
 _DIST = re.compile(r"^(loguniform|uniform|randint)\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)$")
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -72,7 +80,7 @@ class Dist:
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str] | Dist]:
-    """``["rl.lr=1e-6,5e-7", "rl.group_size=4,8"]`` → ``{key: values or Dist}``.
+    """``["optim.lr=1e-6,5e-7", "rollout.group_size=4,8"]`` → ``{key: values or Dist}``.
 
     Raises:
         ConfigError: a spec without ``=``, with an empty value, a key given twice, or a
@@ -156,7 +164,14 @@ class Trial:
 
     @property
     def finished(self) -> bool:
-        return self.status()["state"] == "finished" and (self.run_dir / "final").is_dir()
+        return self.status()["state"] == "finished" and RunDir(self.run_dir).finished
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The trial's metric records (``RunDir.read_metrics``); [] before its first."""
+        try:
+            return RunDir(self.run_dir).read_metrics()
+        except FileNotFoundError:
+            return []
 
 
 class Sweep:
@@ -208,14 +223,13 @@ class Sweep:
     def command(self, trial: Trial, python: str) -> tuple[list[str], bool]:
         """The trial's ``streamreason train`` command, and whether it resumes.
 
-        A run folder with a checkpoint resumes from it; one with metrics but no checkpoint
-        (killed before its first) is cleared and starts again.
+        A run folder with a checkpoint resumes from it; one that holds a run but no checkpoint
+        (killed before its first, or failed) is cleared and starts again.
         """
-        from streamreason.rl.checkpoint import latest_checkpoint
-
+        run = RunDir(trial.run_dir)
         resume = False
-        if (trial.run_dir / "metrics.jsonl").exists():
-            resume = latest_checkpoint(trial.run_dir) is not None
+        if run.holds_run():
+            resume = run.latest_checkpoint() is not None
             if not resume:
                 shutil.rmtree(trial.run_dir)
         cmd = [python, "-m", "streamreason", "train", self.spec["recipe"], *self.spec["overrides"],
@@ -223,18 +237,21 @@ class Sweep:
         return cmd + ["--resume"] * resume, resume
 
 
-def check_trials(sweep: Sweep) -> None:
+def check_trials(sweep: Sweep, load: Callable[[str, list[str]], Any]) -> None:
     """Load every trial's config as the trainer will, before anything runs.
+
+    Args:
+        sweep: the sweep.
+        load: the trainer's config loader, ``load(recipe, overrides)`` (the CLI passes
+            :func:`streamreason.config.load_config`, a layer above this package).
 
     Raises:
         ConfigError: naming the trial, and the key or value at fault.
     """
-    from streamreason.config import load_config
-
     for t in sweep.trials:
         overrides = [*sweep.spec["overrides"], *(f"{k}={v}" for k, v in t.params.items())]
         try:
-            load_config(sweep.spec["recipe"], overrides)
+            load(sweep.spec["recipe"], overrides)
         except ConfigError as e:
             raise ConfigError(f"trial {t.id} ({_label(t.params)}): {e}") from None
 
@@ -322,7 +339,7 @@ def run_sweep(sweep: Sweep, launcher, python: str = sys.executable) -> None:
             code, message = launcher.run(cmd, trial.dir / "train.log")
         except Exception as e:  # noqa: BLE001 - a launcher fault fails this trial only
             code, message = 1, f"{type(e).__name__}: {e}"
-        ok = code == 0 and (trial.run_dir / "final").is_dir()
+        ok = code == 0 and RunDir(trial.run_dir).finished
         error = None if ok else message or _log_error(trial.dir / "train.log", code)
         trial.write_status(
             state="finished" if ok else "failed", ended=time.time(), returncode=code, error=error
@@ -363,19 +380,15 @@ def collect(sweep: Sweep) -> list[dict[str, Any]]:
     """One record per trial: id, state, params, steps, wall seconds, error, and the final and
     best (max) value of the sweep's metric and of the reward metrics (train and eval reward,
     their components, eval accuracy)."""
-    from streamreason.rl.metrics import read_metrics
-
     out = []
     for t in sweep.trials:
         status = t.status()
-        path = t.run_dir / "metrics.jsonl"
-        rows = read_metrics(path) if path.exists() else []
+        rows = t.metrics()
         rec: dict[str, Any] = {"trial": t.id, "state": status["state"], **t.params,
                                "steps": max((r["step"] for r in rows), default=0),
                                "wall_s": (status.get("ended") or math.nan) - (status.get("started") or math.nan)}  # fmt: skip
-        keys = sorted(
-            {k for r in rows for k, v in r.items() if _is_reward(k) and isinstance(v, (int, float))}
-        )
+        keys = sorted({k for r in rows for k, v in r.items()
+                       if (_tracked(k) or k == sweep.spec["metric"]) and isinstance(v, (int, float))})  # fmt: skip
         for k in keys:
             series = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
             rec[f"final {k}"], rec[f"best {k}"] = series[-1], max(series)
@@ -384,11 +397,9 @@ def collect(sweep: Sweep) -> list[dict[str, Any]]:
     return out
 
 
-def _is_reward(key: str) -> bool:
-    base = key.removeprefix("eval/")
-    return (base == "reward" or base.startswith("reward/") or key == "eval/accuracy") and not key.endswith(
-        ("_std", "_stderr")
-    )
+def _tracked(key: str) -> bool:
+    """The metrics the report gives a final and best value of: rewards and eval accuracy."""
+    return is_reward_metric(key) or key == "eval/accuracy"
 
 
 def write_report(sweep: Sweep, console=None) -> list[dict[str, Any]]:
@@ -436,17 +447,11 @@ def _plot_curves(sweep: Sweep, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from streamreason.rl.metrics import read_metrics
-
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    metrics = {t.id: t.metrics() for t in sweep.trials}
     for ax, key in zip(axes, ("reward", sweep.spec["metric"])):
         for t in sweep.trials:
-            path = t.run_dir / "metrics.jsonl"
-            rows = (
-                [r for r in read_metrics(path) if isinstance(r.get(key), (int, float))]
-                if path.exists()
-                else []
-            )
+            rows = [r for r in metrics[t.id] if isinstance(r.get(key), (int, float))]
             if rows:
                 ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o" if len(rows) < 20 else None,
                         label=f"{t.id} {_label(t.params)}")  # fmt: skip

@@ -227,7 +227,7 @@ def _cmd_train(args) -> None:
     if cfg.trainer.backend == "verl":
         from streamreason.rl.verl_backend import train_verl
 
-        run_dir = train_verl(cfg, dry_run=args.dry_run)
+        run_dir = train_verl(cfg, dry_run=args.dry_run, resume=args.resume)
         print(f"verl run directory: {run_dir}" + (" (dry run: nothing launched)" if args.dry_run else ""))
         return
     if args.dry_run:
@@ -239,6 +239,7 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_sweep(args) -> None:
+    from streamreason.config import load_config
     from streamreason.errors import ConfigError
     from streamreason.rl.sweep import (
         LocalLauncher,
@@ -257,7 +258,7 @@ def _cmd_sweep(args) -> None:
             "random": args.random, "seed": args.seed, "metric": args.metric}  # fmt: skip
     out = args.out or f"runs/sweep-{Path(args.recipe).stem}"
     sweep = Sweep(out, spec)
-    check_trials(sweep)
+    check_trials(sweep, load=load_config)
     sweep.save()
     if args.launcher == "local":
         launcher = LocalLauncher(args.parallel or 1)

@@ -204,3 +204,122 @@ def test_killed_sweep_resumes_its_trial(small_overrides, tmp_path):
     (trial,) = Sweep.open(out).trials
     assert trial.finished and trial.status()["resumed"] and trial.status()["attempts"] == 2
     assert [r["step"] for r in read_metrics(trial.run_dir / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
+
+
+class InProcessLauncher:
+    """Runs each trial's ``python -m streamreason train ...`` in this process, as the local
+    launcher's subprocess would (its output in the log, its exit code), so that a fake of verl's
+    entry point stands in for verl."""
+
+    def __init__(self, parallel: int):
+        self.parallel = 1
+
+    def run(self, cmd: list[str], log: Path) -> tuple[int, str | None]:
+        import contextlib
+        import traceback
+
+        assert cmd[1:4] == ["-m", "streamreason", "train"], cmd
+        with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            try:
+                main(cmd[3:])
+            except SystemExit as e:
+                return int(e.code or 0), None
+            except Exception:  # noqa: BLE001 - as a crashed subprocess: traceback and exit code 1
+                traceback.print_exc()
+                return 1, None
+        return 0, None
+
+    def stop(self) -> None:
+        pass
+
+
+def _fake_verl(fail_at: dict[float, int]):
+    """verl's ``run_ppo`` as far as the run directory sees it: verl's file logger (verl's own
+    class, reading ``VERL_FILE_LOGGER_PATH``) gets a line per step with verl's metric names, and a
+    checkpoint per step (``global_step_N/actor/huggingface``, then the tracker file) as verl's
+    ``_save_checkpoint`` writes them; resumes from the tracker's step as verl's ``auto`` mode
+    does. Raises at step ``fail_at[lr]`` after its checkpoint."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+    from verl.utils.tracking import FileLogger
+
+    def run_ppo(config, task_runner_class=None):
+        root, lr = Path(config.trainer.default_local_dir), config.actor_rollout_ref.actor.optim.lr
+        steps = config.trainer.total_training_steps
+        resumed = find_latest_ckpt_path(str(root)) if config.trainer.resume_mode == "auto" else None
+        start = int(resumed.rsplit("_", 1)[1]) if resumed else 0
+        logger = FileLogger(config.trainer.project_name, config.trainer.experiment_name)
+        for step in range(start + 1, steps + 1):
+            data = {
+                "critic/score/mean": 100 * lr * step,
+                "actor/pg_loss": -0.01,
+                "training/global_step": step,
+            }
+            if step == steps:  # the last step validates
+                infos = {"reward": [200 * lr, 400 * lr], "reward/timing": [0.5, 0.5]}
+                data |= PPOTrainer._val_metrics_update(None, ["streamreason"] * 2, ["a", "a"], infos, [3, 3])
+            logger.log(data, step)
+            hf = root / f"global_step_{step}" / "actor" / "huggingface"
+            hf.mkdir(parents=True)
+            (hf / "config.json").write_text("{}")
+            (root / "latest_checkpointed_iteration.txt").write_text(str(step))
+            if fail_at.get(lr) == step:
+                raise RuntimeError(f"CUDA error: an illegal memory access was encountered (step {step})")
+        logger.finish()
+
+    return run_ppo
+
+
+def test_verl_trials_finish_fail_and_resume_through_the_run_directory(
+    tiny_model_dir, synth_splits, tmp_path, monkeypatch, capsys
+):
+    """``trainer.backend=verl`` trials, verl replaced by a fake that writes what verl writes: a
+    completed run is a finished trial with its metrics in sweep.csv under our names; a crash
+    is a failed trial, resumed from verl's checkpoint on the rerun."""
+    import torch
+    import verl.trainer.main_ppo
+
+    from streamreason.rl import sweep as sweep_module
+    from streamreason.rl.run_dir import RunDir
+
+    fail_at = {5e-4: 2}
+    monkeypatch.setattr(verl.trainer.main_ppo, "run_ppo", _fake_verl(fail_at))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sweep_module, "LocalLauncher", InProcessLauncher)
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", "unused")  # train_verl sets both; restored after the test
+    monkeypatch.setenv("TENSORBOARD_DIR", str(tmp_path / "tb"))
+    train, evals = synth_splits
+    cmd = ["sweep", RECIPE, "--grid", "optim.lr=1e-4,5e-4", "--out", str(tmp_path / "sw"), "trainer.backend=verl",
+           f"model={tiny_model_dir}", f"data.train={train}", f"data.eval={evals}", "trainer.steps=2",
+           "trainer.checkpoint_every=1", "trainer.eval_every=0", "trainer.eval_samples=2"]  # fmt: skip
+    main(cmd)
+    sweep = Sweep.open(tmp_path / "sw")
+    good, bad = sweep.trials
+    assert good.finished, (good.status(), (good.dir / "train.log").read_text()[-2000:])
+    run = RunDir(good.run_dir)
+    assert run.status()["backend"] == "verl" and run.status()["step"] == 2
+    assert run.status()["final"] == "checkpoints/global_step_2/actor"  # shards: no HF weights saved
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    assert not bad.finished and bad.status()["state"] == "failed"
+    assert "illegal memory access" in bad.status()["error"]
+    assert RunDir(bad.run_dir).status()["state"] == "failed"
+    assert RunDir(bad.run_dir).status()["error"].endswith("was encountered (step 2)")
+    assert "1 trial(s) failed: t001" in capsys.readouterr().out
+
+    fail_at.clear()  # the rerun: t000 is skipped, t001 resumes from verl's step-1 checkpoint
+    log = (good.dir / "train.log").stat().st_mtime_ns
+    main(cmd)
+    assert (good.dir / "train.log").stat().st_mtime_ns == log
+    assert bad.finished and bad.status()["resumed"] and "--resume" in bad.status()["command"]
+    assert [(r["step"], r["reward"]) for r in RunDir(bad.run_dir).read_metrics()] == [
+        (1, pytest.approx(0.05)), (2, pytest.approx(0.1))]  # fmt: skip
+    import csv
+
+    with open(sweep.dir / "sweep.csv") as f:
+        rows = {r["trial"]: r for r in csv.DictReader(f)}
+    assert [r["state"] for r in rows.values()] == ["finished", "finished"]
+    assert list(rows) == ["t001", "t000"]  # best first by final eval/reward
+    assert float(rows["t001"]["final eval/reward"]) == pytest.approx(0.15)
+    assert float(rows["t000"]["final reward"]) == pytest.approx(0.02)
+    assert float(rows["t000"]["final eval/reward/timing"]) == pytest.approx(0.5)
+    assert rows["t000"]["steps"] == "2"
