@@ -1,12 +1,20 @@
 """The ``streamreason`` command line.
 
-    streamreason model tiny OUT_DIR [--arch qwen2_5_vl|qwen2_vl|qwen3_vl]
-    streamreason data synth OUT_DIR --n N --seed S
-    streamreason rollout --model DIR --video PATH --query "..." [--at SECONDS] [key=value ...]
-    streamreason rollout --model DIR --data FILE.jsonl --out OUT.jsonl [key=value ...]
+    model tiny OUT_DIR [--arch A]               the tiny default model (a Qwen-VL architecture, random)
+    data synth OUT_DIR --n N                    synthetic streaming tasks: MP4s and their row JSONL
+    data convert --from FMT SRC OUT             ThinkStream / VST / OVO-Bench / StreamingBench data as rows
+    rollout --model DIR (--video V --query Q | --data F --out O)   a live transcript, or trajectories
+    train RECIPE [--resume] [--dry-run]         GRPO (trainer.backend=local, or verl on GPUs)
+    sft RECIPE                                  SFT warm-start on the gold watch-think-speak trajectories
+    eval [RECIPE] [--model DIR] [--benchmark B --anno F...]   a model on data.eval or a benchmark
+    eval score --benchmark B RESULTS_DIR        a benchmark's official score of its result files
+    report RUN_DIR --evals A.json B.json        compare evals in a table and plot the run's reward curves
+    sweep RECIPE --grid KEY=V1,V2 ...           hyperparameter sweep of ``train``, locally or as Ray Jobs
+    sweep report SWEEP_DIR                      rebuild a sweep's sweep.csv, table and plots
 
-Every command accepts ``--recipe FILE`` and trailing ``key=value`` overrides where a config
-applies; bad input ends with a one-line ``error:`` naming the file, row or key.
+Each is ``streamreason COMMAND`` (``--help`` gives its options). RECIPE is a YAML recipe
+(``recipes/``; ``rollout --recipe FILE``); trailing ``key=value`` overrides apply wherever a
+config does; bad input ends with a one-line ``error:`` naming the file, row or key.
 """
 
 from __future__ import annotations
