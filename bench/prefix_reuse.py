@@ -30,19 +30,19 @@ def main(argv=None):
     if s.tiny:
         args.seconds, args.group, window = 8, 2, 3
     rows = videos(s, 1, args.seconds)
-    encoder, engine = stack(s, "transformers" if s.tiny else "vllm", max_videos=window + max(args.blocks) - 1)
+    configs = {b: rollout_config(s, window=window, block=b, group=args.group) for b in args.blocks}
+    limit = max(c.memory.max_videos(args.seconds) for c in configs.values())
+    encoder, engine = stack(s, "transformers" if s.tiny else "vllm", max_videos=limit)
     table = []
-    for b in args.blocks:
-        if hasattr(engine, "llm"):
-            engine.llm.reset_prefix_cache()  # no hits left over from the previous B
-        cfg = rollout_config(s, window=window, block=b, group=args.group)
+    for b, cfg in configs.items():
+        engine.reset_prefix_cache()  # no hits left over from the previous B
         with EnvPool(cfg.env, num_workers=2, in_process=s.tiny) as pool, Timer() as t:
             trajs, failures = run_rollouts(rows, pool=pool, engine=engine, encoder=encoder, cfg=cfg)
         assert not failures, failures
         turns = [x for tr in trajs for x in tr.turns]
         prompt = np.array([len(x.prompt_ids) for x in turns], dtype=float)
         shared = np.array([x.memory.shared_prefix_tokens for x in turns], dtype=float)
-        measured = None not in {x.cached_prompt_tokens for x in turns}
+        measured = engine.reports_prefix_cache
         cached = np.array([x.cached_prompt_tokens or 0 for x in turns], dtype=float)
         nan = float("nan")
         table.append([b, len(turns), float(prompt.mean()),

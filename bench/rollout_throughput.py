@@ -25,6 +25,7 @@ from common import TimedCalls, Timer, parser, report, rollout_config, setup, sta
 
 from streamreason.envs.pool import EnvPool
 from streamreason.rollout.loop import run_rollouts
+from streamreason.rollout.vllm_engine import VLLMEngine
 
 CONFIGS = [  # (name, engine, memory)
     ("transformers, W=20", "transformers", dict(window=20)),
@@ -42,7 +43,8 @@ def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict, p
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         stack_cache[engine_name] = stack(s, engine_name, max_videos=n_chunks + 1)
     encoder, engine = stack_cache[engine_name]
-    inner = (engine.llm, "generate") if hasattr(engine, "llm") else (engine, "_generate")
+    # the model call: vLLM's LLM.generate, or HF generate on the transformers engine's module
+    inner = (engine.llm, "generate") if isinstance(engine, VLLMEngine) else (engine.model, "generate")
     prof = cProfile.Profile() if profile else None
     with EnvPool(cfg.env, num_workers=2, in_process=s.tiny) as pool, TimedCalls(engine, "generate") as gen, \
             TimedCalls(*inner) as model, Timer() as t, prof or contextlib.nullcontext():  # fmt: skip

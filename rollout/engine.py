@@ -4,7 +4,9 @@ The interface is narrow on purpose, so that a vLLM engine drops in beside the tr
 ``generate(requests, sampling) -> generations``, where a request is a prompt as token ids plus
 its multimodal tensors, and a generation carries the sampled token ids, the log-prob of each
 under the policy and which tokens the :class:`ThinkBudget` forced (the think close tag, the
-end-of-turn token at the last position).
+end-of-turn token at the last position). What else an engine can do (take new weights, share
+the learner's module, report prefix-cache hits) it declares as class attributes of
+:class:`Engine`, which callers read instead of probing for methods.
 
 Log-probs are ``log_softmax(logits / temperature)`` of the full distribution (before top-k /
 top-p truncation), the quantity verl's actor recomputes as ``old_log_prob``
@@ -13,7 +15,9 @@ top-p truncation), the quantity verl's actor recomputes as ``old_log_prob``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -257,7 +261,24 @@ def finish_turn(
 
 
 class Engine:
-    """Base class of generation engines."""
+    """Base class of generation engines.
+
+    A subclass implements :meth:`generate` and declares its abilities by setting these class
+    attributes (all False here); callers read them instead of probing for methods.
+
+    Attributes:
+        updates_weights: new policy weights can be loaded into the running engine
+            (:meth:`update_weights`), which the trainer calls after each update (vLLM).
+        shares_policy: the engine generates with a torch module, its ``model`` attribute, that
+            the learner may own: in one process the learner's updates reach generation without
+            a copy, and :meth:`set_policy` swaps the module (the transformers engine).
+        reports_prefix_cache: :attr:`Generation.cached_prompt_tokens` is filled (vLLM); else it
+            is None.
+    """
+
+    updates_weights: ClassVar[bool] = False
+    shares_policy: ClassVar[bool] = False
+    reports_prefix_cache: ClassVar[bool] = False
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig, max_new_tokens: int,
@@ -265,6 +286,28 @@ class Engine:
     ) -> list[Generation]:  # fmt: skip
         """One turn for each request, in order."""
         raise NotImplementedError
+
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new policy weights, ``(Hugging Face parameter name, tensor)`` pairs, into the
+        running engine (engines with :attr:`updates_weights`).
+
+        Raises:
+            NotImplementedError: the engine cannot (``updates_weights`` is False).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot load new weights (updates_weights is False)")
+
+    def set_policy(self, module: torch.nn.Module) -> None:
+        """Generate with ``module`` from now on (engines with :attr:`shares_policy`), e.g. the
+        learner's model once LoRA has wrapped it.
+
+        Raises:
+            NotImplementedError: the engine holds no torch module (``shares_policy`` is False).
+        """
+        raise NotImplementedError(f"{type(self).__name__} holds no policy module (shares_policy is False)")
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the cached prompt prefixes, so that the next prompts are computed afresh (a
+        benchmark's runs start alike). Engines without a prefix cache have nothing to drop."""
 
 
 _ENGINES: dict[str, type[Engine]] = {}
@@ -333,12 +376,20 @@ class _ThinkBudgetProcessor:
 class TransformersEngine(Engine):
     """Batched generation with ``model.generate`` (CPU or one GPU).
 
+    It shares the policy (:attr:`Engine.shares_policy`): it generates with :attr:`model` as the
+    module is at each call, so a learner that owns the same module needs no weight sync.
+
     Args:
         model: a Qwen-VL ``...ForConditionalGeneration`` model.
         tokenizer: its tokenizer (pad and end-of-turn ids).
         max_batch_size: contexts per ``generate`` call.
         seed: seeds torch's global generator once, at construction (None: left as is).
+
+    Attributes:
+        model: the torch module it generates with (:meth:`set_policy` replaces it).
     """
+
+    shares_policy = True
 
     def __init__(self, model, tokenizer, max_batch_size: int = 64, seed: int | None = None):
         if seed is not None:
@@ -348,6 +399,10 @@ class TransformersEngine(Engine):
         self.pad_id = tokenizer.pad_token_id
         self.end_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
         self.banned_ids = banned_token_ids(tokenizer)
+
+    def set_policy(self, module: torch.nn.Module) -> None:
+        """Generate with ``module`` from now on (the learner's model, e.g. wrapped by LoRA)."""
+        self.model = module
 
     @torch.no_grad()
     def generate(self, requests, sampling, max_new_tokens, think_budget=None):

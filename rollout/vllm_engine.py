@@ -103,10 +103,14 @@ def _load_weights(worker, weights):
 class VLLMEngine(Engine):
     """Batched generation with ``vllm.LLM`` (one GPU, or ``tensor_parallel_size`` GPUs).
 
+    It takes new weights in place (:attr:`~streamreason.rollout.engine.Engine.updates_weights`)
+    and reports its prefix-cache hits (``reports_prefix_cache``).
+
     Args:
         model_dir: a Hugging Face Qwen-VL checkpoint folder.
         tokenizer: its tokenizer (end-of-turn and placeholder ids).
-        max_videos: most videos one prompt holds (memory window W + eviction block B).
+        max_videos: most videos one prompt holds (the memory policy's
+            :meth:`~streamreason.rollout.memory.MemoryConfig.max_videos`).
         dtype: ``bfloat16``, ``float16`` or ``float32``.
         gpu_memory_utilization: share of GPU memory vLLM may take.
         max_model_len: context length in tokens (0: the model's).
@@ -122,7 +126,14 @@ class VLLMEngine(Engine):
     Raises:
         ConfigError: the checkpoint's tokenizer lacks the protocol tags (or its model the rows
             for them), vLLM is not installed, or no CUDA device.
+
+    Attributes:
+        llm: the in-process ``vllm.LLM``, for what this interface does not cover (benchmarks
+            time and profile its ``generate``).
     """
+
+    updates_weights = True
+    reports_prefix_cache = True
 
     def __init__(
         self, model_dir: str, tokenizer, *, max_videos: int = 32, dtype: str = "bfloat16",
@@ -229,3 +240,7 @@ class VLLMEngine(Engine):
         self.llm.collective_rpc(_load_weights, args=(list(weights),))
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
+
+    def reset_prefix_cache(self) -> None:
+        """Drop vLLM's cached prompt prefixes (the encoder cache stays: same weights)."""
+        self.llm.reset_prefix_cache()

@@ -6,7 +6,14 @@ import torch
 
 from streamreason.errors import ConfigError
 from streamreason.rollout.chat import ChatEncoder
-from streamreason.rollout.engine import GenerationRequest, SamplingConfig, ThinkBudget, TransformersEngine
+from streamreason.rollout.engine import (
+    Engine,
+    Generation,
+    GenerationRequest,
+    SamplingConfig,
+    ThinkBudget,
+    TransformersEngine,
+)
 from streamreason.rollout.memory import MemoryConfig, VisualWindowMemory
 from streamreason.rollout.protocol import get_protocol
 from streamreason.types import Query
@@ -209,3 +216,38 @@ def test_vllm_engine_refuses_chunks_whose_timing_vllm_would_change(stack):
     check_video_timing([four], "qwen3_vl")  # vLLM passes Qwen3-VL the metadata
     with pytest.raises(ConfigError, match="frames_per_chunk=2"):
         check_video_timing([two, four], "qwen2_5_vl")
+
+
+class _Scripted(Engine):
+    """An engine that only generates (as tests and scripted teachers write them)."""
+
+    def generate(self, requests, sampling, max_new_tokens, think_budget=None):
+        return [Generation([1], [0.0], [False], "length") for _ in requests]
+
+
+def abilities(engine) -> tuple[bool, bool, bool]:
+    return engine.updates_weights, engine.shares_policy, engine.reports_prefix_cache
+
+
+def test_engines_declare_their_abilities(stack):
+    """Callers read the abilities instead of probing: the transformers engine shares the learner's
+    module (``model``, swapped by ``set_policy``); vLLM takes weights and reports cache hits; an
+    engine that only generates declares nothing, and asking it for more fails naming it."""
+    from streamreason.rollout.vllm_engine import VLLMEngine
+
+    model, processor, _ = stack
+    hf = TransformersEngine(model, processor.tokenizer)
+    assert abilities(hf) == (False, True, False) and hf.model is model
+    wrapped = torch.nn.Module()
+    hf.set_policy(wrapped)
+    assert hf.model is wrapped
+    assert abilities(VLLMEngine) == (True, False, True)
+    scripted = _Scripted()
+    assert abilities(scripted) == (False, False, False)
+    scripted.reset_prefix_cache()  # nothing cached: nothing to drop
+    with pytest.raises(NotImplementedError, match="_Scripted cannot load new weights"):
+        scripted.update_weights([("w", torch.zeros(1))])
+    with pytest.raises(NotImplementedError, match="TransformersEngine cannot load new weights"):
+        hf.update_weights(model.state_dict().items())
+    with pytest.raises(NotImplementedError, match="_Scripted holds no policy module"):
+        scripted.set_policy(model)
