@@ -354,3 +354,35 @@ def test_ray_processes_find_the_trainer_by_the_configs_mode(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-3:] == ["StreamPPOTrainer", "True", "1"]
+
+
+def test_resume_sets_verls_resume_mode_and_guards_the_run_directory(tmp_path):
+    """``--resume`` is verl's ``trainer.resume_mode=auto`` (``disable`` for a new run); a folder
+    holding a run needs ``--resume``, and a resumed verl run keeps its recipe (``--dry-run``:
+    the same checks, nothing launched)."""
+    from omegaconf import OmegaConf
+
+    from streamreason.envs.synthetic import synthesize
+    from streamreason.rl.run_dir import RunDir
+    from streamreason.rl.verl_backend import train_verl
+
+    data = synthesize(tmp_path / "data", n=1, seed=0, min_seconds=4, max_seconds=4)
+    run = tmp_path / "run"
+    args = ["model=/models/tiny", f"data.train={data}", f"data.eval={data}", f"trainer.run_dir={run}"]
+
+    def resume_mode():
+        return OmegaConf.load(run / "verl_config.yaml").trainer.resume_mode
+
+    train_verl(tiny(*args), dry_run=True)
+    assert resume_mode() == "disable" and not RunDir(run).holds_run()  # a dry run starts no run
+    train_verl(tiny(*args), dry_run=True)
+    RunDir(run).start(tiny(*args), backend="verl", steps=1)
+    with pytest.raises(ConfigError, match="already holds a run: pass --resume"):
+        train_verl(tiny(*args), dry_run=True)
+    train_verl(tiny(*args), dry_run=True, resume=True)
+    assert resume_mode() == "auto"
+    with pytest.raises(ConfigError, match=r"differs from .*config\.yaml in optim\.lr, trainer\.seed;"):
+        train_verl(tiny(*args, "optim.lr=0.5", "trainer.seed=3"), dry_run=True, resume=True)
+    with pytest.raises(ConfigError, match="verl.trainer.resume_mode: set by `streamreason train --resume`"):
+        train_verl(tiny(*args[:3], f"trainer.run_dir={tmp_path / 'new'}", "verl.trainer.resume_mode=auto"),
+                   dry_run=True)  # fmt: skip
