@@ -163,7 +163,7 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
     """
     import pyarrow.parquet as pq
 
-    from streamreason.rewards.answers import parse_answer
+    from streamreason.answers import parse_answer
 
     try:
         table = pq.read_table(path)

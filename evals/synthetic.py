@@ -14,10 +14,10 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from streamreason.answers import answers_match
 from streamreason.envs.convert import ConvertReport
 from streamreason.errors import ConfigError
 from streamreason.evals.registry import PREDICTIONS, Benchmark, Prediction, register_benchmark
-from streamreason.rewards.answers import answers_match
 from streamreason.types import StreamRow, read_rows
 
 
@@ -32,7 +32,7 @@ class SyntheticBench(Benchmark):
         return ConvertReport(entries=len(rows) + len(bad), rows=rows, errors=bad)
 
     def item_score(self, row: StreamRow, prediction: Prediction) -> float | None:
-        """1/0 by :func:`~streamreason.rewards.answers.answers_match` (no response is 0); None
+        """1/0 by :func:`~streamreason.answers.answers_match` (no response is 0); None
         for a question without a ground truth."""
         if prediction.ground_truth is None:
             return None

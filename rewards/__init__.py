@@ -5,7 +5,7 @@ registered by name (:mod:`~streamreason.rewards.registry`) or loaded from a
 ``"file.py:fn"`` spec; :class:`CompositeReward` sums the configured ones by weight.
 """
 
-from streamreason.rewards.answers import answer_kind, answers_match, parse_answer
+from streamreason.answers import answer_kind, answers_match, parse_answer
 from streamreason.rewards.builtin import (
     correctness_reward,
     efficiency_reward,

@@ -37,7 +37,7 @@ def correctness_reward(episode: Episode) -> float:
     """Fraction of queries whose answer equals the ground truth.
 
     ThinkStream: the first response whose content parses as a literal must equal the
-    ground-truth answer (parsing: :mod:`streamreason.rewards.answers`). Averaged over the
+    ground-truth answer (parsing: :mod:`streamreason.answers`). Averaged over the
     queries that have a ground-truth answer; a query with no parseable answer scores 0.
 
     Raises:

@@ -6,7 +6,7 @@ Rules (ThinkStream scores one query per trajectory; these extend it to several):
    chunk is ``episode.chunk_of(query.time_s)``; of queries asked in the same chunk, the later
    one in time order). Responses before the first query belong to the first query.
 2. A query's answer is the first of its responses that parses as its ground truth's kind
-   (:func:`~streamreason.rewards.answers.answer_kind`; ``"text"`` when it has no ground
+   (:func:`~streamreason.answers.answer_kind`; ``"text"`` when it has no ground
    truth). Responses that do not parse are not answers, but still count as responses.
 """
 
@@ -16,7 +16,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamreason.rewards.answers import answer_kind, answers_match, parse_answer
+from streamreason.answers import answer_kind, answers_match, parse_answer
 from streamreason.types import Episode, Query, TurnOutcome
 
 

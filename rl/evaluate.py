@@ -6,15 +6,19 @@ table, so that "reward", "accuracy" and "|timing error|" mean one thing everywhe
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from streamreason.rewards.composite import CompositeReward, RewardResult
 from streamreason.rewards.outcomes import query_outcomes
+from streamreason.rl.learner import gather, shard, world
 from streamreason.rollout.loop import RolloutConfig, Trajectory, run_rollouts
+from streamreason.stack import build_policy, make_env_pool, make_reward
 
 
 def trajectory_stats(traj: Trajectory, result: RewardResult | None) -> dict[str, float]:
@@ -103,13 +107,15 @@ def evaluate(rows, *, pool, engine, encoder, cfg: RolloutConfig, reward: Composi
              batch_rows: int = 16, progress: bool = False) -> EvalResult:  # fmt: skip
     """Roll out ``samples`` trajectories per row and score them.
 
-    Standard errors are over rows (samples of one row are correlated), so a difference of two
-    policies' means larger than 2 standard errors is a real one.
+    Under ``torchrun`` each rank rolls out its share of ``rows`` and every rank gets the
+    statistics of all of them. Standard errors are over rows (samples of one row are
+    correlated), so a difference of two policies' means larger than 2 standard errors is a real one.
     """
     from tqdm.auto import tqdm
 
     result = EvalResult()
     by_row = result.per_row
+    rows = shard(rows)
     for i in tqdm(range(0, len(rows), batch_rows), desc="eval", unit="batch", disable=not progress):
         trajs, failures = run_rollouts(rows[i : i + batch_rows], pool=pool, engine=engine, encoder=encoder,
                                        cfg=cfg, group_size=samples)  # fmt: skip
@@ -118,5 +124,48 @@ def evaluate(rows, *, pool, engine, encoder, cfg: RolloutConfig, reward: Composi
             by_row.setdefault(t.row.id, []).append(trajectory_stats(t, reward(t.episode())))
             result.timing_errors_s.extend(signed_timing_errors(t))
         result.trajectories += len(trajs)
-    result.mean, result.stderr = summarize(by_row)
-    return result
+    return EvalResult.merge(gather([result]))
+
+
+class Evaluator:
+    """The evaluation job (``streamreason eval RECIPE``): the recipe's policy, engine, env pool and
+    reward (:mod:`streamreason.stack`); no learner and no reference model.
+
+    The model is loaded as the engine generates with it (``engine.dtype``; not at all with
+    vLLM). Sampling seeds follow ``trainer.seed`` (+ rank), as in the trainers' evals.
+
+    Args:
+        cfg: the recipe.
+    """
+
+    def __init__(self, cfg):
+        import torch
+
+        rank, _ = world()
+        self.cfg = cfg
+        torch.manual_seed(cfg.trainer.seed + rank)
+        self.policy = build_policy(cfg, seed=cfg.trainer.seed + rank)
+        self.pool = make_env_pool(cfg)
+        self.reward = make_reward(cfg)
+
+    def run(self, rows, samples: int) -> EvalResult:
+        """:func:`evaluate` on ``rows``, ``samples`` trajectories each; shuts the env pool down."""
+        try:
+            return evaluate(rows, pool=self.pool, engine=self.policy.engine, encoder=self.policy.encoder,
+                            cfg=self.cfg.rollout, reward=self.reward, samples=samples,
+                            progress=world()[0] == 0)  # fmt: skip
+        finally:
+            self.pool.shutdown()
+
+
+def write_eval(path: Path, name: str, res: EvalResult) -> None:
+    """Store an eval (means, standard errors, per-row rewards, signed timing errors) as JSON
+    (what ``streamreason report --evals`` reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_row = {
+        rid: float(np.mean([x["reward"] for x in xs if "reward" in x] or [math.nan]))
+        for rid, xs in res.per_row.items()
+    }
+    path.write_text(json.dumps({"name": name, "mean": res.mean, "stderr": res.stderr, "row_reward": per_row,
+                                "timing_errors_s": res.timing_errors_s, "trajectories": res.trajectories,
+                                "rows_failed": res.rows_failed}, indent=1))  # fmt: skip

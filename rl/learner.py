@@ -24,7 +24,7 @@ from verl.utils.torch_functional import entropy_from_logits
 
 from streamreason.errors import ConfigError
 from streamreason.rl.grpo import GRPOConfig, policy_loss, sequence_weights
-from streamreason.rl.rows import TrainRow, collate
+from streamreason.rl.rows import TrainRow, collate, noop_row
 
 
 @dataclass
@@ -97,6 +97,22 @@ def _all_reduce(value: float, op=dist.ReduceOp.SUM) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=op)
     return t.item()
+
+
+def shard(items: list) -> list:
+    """This rank's share of ``items`` (every ``world_size``-th from ``rank``; all of them in one
+    process)."""
+    rank, size = world()
+    return items[rank::size]
+
+
+def gather(items: list) -> list:
+    """Every rank's ``items``, concatenated in rank order (collective; ``items`` in one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return items
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
 
 
 class Learner:
@@ -219,11 +235,7 @@ class Learner:
         if len(micros) < n:
             if self._filler is None:
                 raise RuntimeError(f"rank {self.rank} has no row to pad its micro-batches with")
-            f = self._filler
-            dummy = TrainRow(f.input_ids, f.mm_token_type_ids, f.videos, np.zeros_like(f.loss_mask), f.old_logprobs,
-                             decision=None if f.decision is None else np.full_like(f.decision, -1),
-                             ref_logprobs=np.zeros_like(f.old_logprobs))  # fmt: skip
-            micros += [([dummy], False)] * (n - len(micros))
+            micros += [([noop_row(self._filler)], False)] * (n - len(micros))
         return micros
 
     @torch.no_grad()

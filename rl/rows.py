@@ -60,6 +60,16 @@ class TrainRow:
         return int(self.loss_mask.sum())
 
 
+def noop_row(row: TrainRow) -> TrainRow:
+    """A copy of ``row`` that trains nothing: loss mask, decision labels and reference log-probs
+    zeroed. A rank with fewer rows than the others runs it so that every rank takes part in
+    FSDP's collectives the same number of times; it adds nothing to the loss or gradient."""
+    return TrainRow(row.input_ids, row.mm_token_type_ids, row.videos, np.zeros_like(row.loss_mask),
+                    row.old_logprobs, advantage=row.advantage, traj_index=row.traj_index, turns=row.turns,
+                    decision=None if row.decision is None else np.full_like(row.decision, -1),
+                    ref_logprobs=np.zeros_like(row.old_logprobs))  # fmt: skip
+
+
 def build_rows(trajectories: list[Trajectory], advantages: list[float] | None = None) -> list[TrainRow]:
     """Pack each trajectory's turns into one row per eviction block.
 

@@ -12,16 +12,22 @@ each turn is class-balanced and optionally focal-weighted (Streamo; ``Learner.sf
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from streamreason.envs.stream import ChunkPlan, EnvConfig
 from streamreason.envs.video import probe_video
+from streamreason.errors import ConfigError
+from streamreason.rl.learner import shard
+from streamreason.rl.metrics import MetricsLogger
 from streamreason.rl.rows import TrainRow, build_rows
+from streamreason.rl.training import PolicyTrainer
 from streamreason.rollout.chat import ChatEncoder, find_subsequence
 from streamreason.rollout.engine import Engine, Generation
 from streamreason.rollout.loop import RolloutConfig, RowFailure, run_rollouts
+from streamreason.stack import load_rows
 from streamreason.types import StreamRow
 from streamreason.types import chunk_index as time_to_chunk  # gold_turn has an argument chunk_index
 
@@ -142,3 +148,80 @@ def sft_rows(
     for r in train:
         r.decision = decision_labels(r, encoder)
     return train, failures
+
+
+class SFTTrainer(PolicyTrainer):
+    """The SFT warm-start job (``streamreason sft``): the policy, the env pool and a learner; no
+    engine (the gold turns are scripted), no reward, no reference model.
+
+    Args:
+        cfg: the recipe (``sft`` section, ``data.train``, ``rollout`` for the contexts).
+        run_dir: overrides ``cfg.trainer.run_dir``.
+    """
+
+    def __init__(self, cfg, run_dir: str | None = None):
+        super().__init__(cfg, run_dir, with_engine=False)
+
+    def train(self) -> dict[str, float]:
+        """SFT on the gold trajectories of ``data.train``; exports ``run_dir/final`` and returns
+        the last step's metrics (``loss``, ``decision_acc``, ``grad_norm``, ``lr``).
+
+        Raises:
+            ConfigError: the run directory holds a run, or ``data.train`` is missing or empty.
+        """
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict[str, float]:
+        cfg, sc = self.cfg, self.cfg.sft
+        if self.run.holds_run():
+            raise ConfigError(f"{self.run.path} already holds a run: set another trainer.run_dir")
+        rows, _ = load_rows(cfg.data.train)
+        train, failures = sft_rows(shard(rows), pool=self.pool, encoder=self.policy.encoder, cfg=cfg.rollout)
+        by_row: dict[int, list] = {}
+        for r in train:
+            by_row.setdefault(r.traj_index, []).append(r)
+        groups = list(by_row.values())
+        steps_per_epoch = max(1, math.ceil(len(groups) / sc.rows_per_step))
+        total = sc.epochs * steps_per_epoch
+        learner = self.learner(total, lr=sc.lr)
+        if self.rank == 0:
+            self.run.start(cfg, "local", total)
+        try:
+            metrics = self._epochs(learner, groups, total, float(len(failures)))
+        except BaseException as e:
+            if self.rank == 0:
+                self.run.fail(f"{type(e).__name__}: {e}")
+            raise
+        learner.export(self.run.final, self.policy.processor)
+        if self.rank == 0:
+            self.run.finish()
+        return metrics
+
+    def _epochs(
+        self, learner, groups: list[list[TrainRow]], total: int, rows_failed: float
+    ) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        sc = self.cfg.sft
+        logger = MetricsLogger(self.run.path, tensorboard=self.cfg.trainer.tensorboard, rank=self.rank)
+        rng = np.random.default_rng(self.cfg.trainer.seed)
+        step = 0
+        bar = tqdm(total=total, desc="sft", disable=self.rank != 0)
+        metrics: dict[str, float] = {}
+        for _ in range(sc.epochs):
+            order = rng.permutation(len(groups))
+            for i in range(0, len(order), sc.rows_per_step):
+                batch = [r for g in order[i : i + sc.rows_per_step] for r in groups[g]]
+                metrics = learner.sft_update(batch, balance=sc.balance_decisions, focal_gamma=sc.focal_gamma)
+                step += 1
+                logger.log(step, {**metrics, "rows_failed": rows_failed}, prefix="sft/")
+                if self.rank == 0:
+                    self.run.update(step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", dec_acc=f"{metrics['decision_acc']:.2f}")
+        bar.close()
+        logger.close()
+        return metrics

@@ -229,7 +229,7 @@ def _print_summary(console, results, skipped: int) -> None:
 
 def _cmd_train(args) -> None:
     from streamreason.config import load_config
-    from streamreason.rl.trainer import LocalTrainer
+    from streamreason.rl.trainer import GRPOTrainer
 
     cfg = load_config(args.recipe, args.overrides)
     if cfg.trainer.backend == "verl":
@@ -240,7 +240,7 @@ def _cmd_train(args) -> None:
         return
     if args.dry_run:
         raise StreamReasonError("--dry-run applies to trainer.backend=verl")
-    final = LocalTrainer(cfg).train(resume=args.resume)
+    final = GRPOTrainer(cfg).train(resume=args.resume)
     print(
         "GRPO finished; eval: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(final.items()) if "/" not in k)
     )
@@ -292,11 +292,11 @@ def _cmd_sweep_report(args) -> None:
 
 def _cmd_sft(args) -> None:
     from streamreason.config import load_config
-    from streamreason.rl.trainer import LocalTrainer
+    from streamreason.rl.sft import SFTTrainer
 
     cfg = load_config(args.recipe, args.overrides)
-    trainer = LocalTrainer(cfg)
-    metrics = trainer.sft()
+    trainer = SFTTrainer(cfg)
+    metrics = trainer.train()
     if trainer.rank == 0:
         print(
             f"SFT finished (loss {metrics.get('loss', float('nan')):.3f}); model in {cfg.trainer.run_dir}/final"
@@ -307,8 +307,8 @@ def _cmd_eval(args) -> None:
     from rich.console import Console
 
     from streamreason.config import load_config
+    from streamreason.rl.evaluate import Evaluator, write_eval
     from streamreason.rl.report import summary_table
-    from streamreason.rl.trainer import LocalTrainer, write_eval
     from streamreason.stack import load_rows
 
     overrides = [f"model={args.model}", *args.overrides] if args.model else list(args.overrides)
@@ -325,10 +325,8 @@ def _cmd_eval(args) -> None:
     if not args.recipe:
         raise StreamReasonError("eval needs a RECIPE (scores data.eval) or --benchmark")
     cfg = load_config(args.recipe, overrides)
-    trainer = LocalTrainer(cfg)
     rows, _ = load_rows(cfg.data.eval, cfg.data.eval_rows)
-    res = trainer.evaluate(rows, cfg.trainer.eval_samples)
-    trainer.pool.shutdown()
+    res = Evaluator(cfg).run(rows, cfg.trainer.eval_samples)
     name = args.name or Path(cfg.model).name
     if args.out:
         write_eval(Path(args.out), name, res)

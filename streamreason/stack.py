@@ -49,7 +49,8 @@ class PolicyStack:
             holds its own weights (vLLM) and no learner asked for one.
         processor: the checkpoint's processor (tokenizer, video processor).
         encoder: :class:`~streamreason.rollout.chat.ChatEncoder` with the recipe's protocol.
-        engine: the generation :class:`~streamreason.rollout.engine.Engine`.
+        engine: the generation :class:`~streamreason.rollout.engine.Engine` (None when built
+            ``with_engine=False``).
     """
 
     model: Any
@@ -68,7 +69,12 @@ def resolve_device(device: str) -> str:
 
 
 def build_policy(
-    cfg, *, seed: int | None = None, dtype: str | None = None, need_model: bool = False
+    cfg,
+    *,
+    seed: int | None = None,
+    dtype: str | None = None,
+    need_model: bool = False,
+    with_engine: bool = True,
 ) -> PolicyStack:
     """Model, processor, chat encoder and engine of a recipe.
 
@@ -79,6 +85,8 @@ def build_policy(
             ``engine.dtype``); trainers pass ``optim.dtype``.
         need_model: with ``engine.name=vllm``, also load the Hugging Face module (a learner's);
             other engines always load it (they generate with it).
+        with_engine: False builds no engine (``engine`` is None; the model is loaded): a job
+            that trains without generating (SFT) starts no vLLM.
 
     Raises:
         ConfigError: the checkpoint folder is missing, or the engine is not registered.
@@ -95,7 +103,10 @@ def build_policy(
     device = resolve_device(ec.device)
     seed = ec.seed if seed is None else seed
     torch_dtype = getattr(torch, dtype or ec.dtype)
-    if ec.name == "vllm":
+    if not with_engine:
+        model, processor = load_policy(cfg.model, dtype=torch_dtype, device=device)
+        engine = None
+    elif ec.name == "vllm":
         check_model_dir(cfg.model)
         model, processor = (None, AutoProcessor.from_pretrained(cfg.model))
         if need_model:

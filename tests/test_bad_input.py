@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import streamreason.recipes
+from streamreason.answers import KINDS, answer_kind, answers_match, parse_answer
 from streamreason.config import StreamReasonConfig, load_config
 from streamreason.envs.convert import convert, read_json, read_source
 from streamreason.errors import ConfigError, RewardError, RowError
 from streamreason.evals import FORMATS  # the benchmarks register their converters on import
-from streamreason.rewards.answers import KINDS, answer_kind, answers_match, parse_answer
 from streamreason.rewards.composite import CompositeReward, RewardConfig, RewardResult
 from streamreason.rewards.registry import list_rewards
 from streamreason.rollout.protocol import ParsedTurn, get_protocol

@@ -2,7 +2,8 @@ import doctest
 
 import pytest
 
-from streamreason.rewards import answer_kind, answers, answers_match, parse_answer
+from streamreason import answers
+from streamreason.answers import answer_kind, answers_match, parse_answer
 
 
 @pytest.mark.parametrize(
