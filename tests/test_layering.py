@@ -27,7 +27,7 @@ PACKAGES = {"streamreason": "streamreason", "envs": "envs", "rollout": "rollout"
             "rl": "rl", "evals": "evals"}  # fmt: skip
 LAYER = {
     "streamreason": 0, "streamreason.errors": 0, "streamreason.types": 0, "streamreason.answers": 0,
-    "streamreason.schema": 0,
+    "streamreason.schema": 0, "streamreason.registry": 0,
     "streamreason.envs": 1, "streamreason.modeling": 1,
     "streamreason.rollout": 2,
     "streamreason.rewards": 3,
