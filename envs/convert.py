@@ -37,13 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamreason.errors import ConfigError, RowError
+from streamreason.errors import RowError
+from streamreason.registry import Registry
 from streamreason.types import Query, StreamRow, finite_float, json_line
 
 # An entry reader yields, per source entry, (locator, rows) or (locator, RowError).
 Reader = Callable[[Path], Iterator[tuple[str, "list[StreamRow] | RowError"]]]
 
-_READERS: dict[str, Reader] = {}
+_READERS: Registry[Reader] = Registry(
+    "format",
+    sort_names=False,
+    unknown=lambda name, names: f"unknown format {name!r}; expected one of {', '.join(names)}",
+)
 
 
 def register_format(name: str) -> Callable[[Reader], Reader]:
@@ -58,17 +63,14 @@ def register_format(name: str) -> Callable[[Reader], Reader]:
     """
 
     def decorate(reader: Reader) -> Reader:
-        if name in _READERS:
-            raise ValueError(f"format {name!r} is already registered to {_READERS[name].__qualname__}")
-        _READERS[name] = reader
-        return reader
+        return _READERS.register(name, reader)
 
     return decorate
 
 
 def list_formats() -> list[str]:
     """The registered formats, in registration order (this module's first)."""
-    return list(_READERS)
+    return _READERS.names()
 
 
 def video_under(root: Path, path: str) -> str:
@@ -238,8 +240,7 @@ def read_source(fmt: str, src: str | Path, video_root: str | Path | None = None)
         RowError: ``src`` does not exist (``where`` is the path as given, reason ``"no such
             file"``), or as a whole cannot be read (not JSON / not parquet / wrong top level).
     """
-    if fmt not in _READERS:
-        raise ConfigError(f"unknown format {fmt!r}; expected one of {', '.join(list_formats())}")
+    reader = _READERS.get(fmt)
     src = Path(src)
     if not src.is_file():
         raise RowError(str(src), "no such file")
@@ -248,7 +249,7 @@ def read_source(fmt: str, src: str | Path, video_root: str | Path | None = None)
     rows_per: Counter[str] = Counter()
     queries_per: Counter[str] = Counter()
     exists: dict[str, bool] = {}
-    for where, got in _READERS[fmt](src):
+    for where, got in reader(src):
         report.entries += 1
         if isinstance(got, list):
             got = _resolve_videos(got, root, where)

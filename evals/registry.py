@@ -43,6 +43,7 @@ from typing import Any
 
 from streamreason.envs.convert import ConvertReport
 from streamreason.errors import ConfigError
+from streamreason.registry import Registry
 from streamreason.types import StreamRow
 
 PREDICTIONS = "predictions.jsonl"
@@ -166,7 +167,7 @@ class Benchmark:
         raise NotImplementedError
 
 
-_BENCHMARKS: dict[str, Benchmark] = {}
+_BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 
 
 def register_benchmark(name: str):
@@ -177,12 +178,8 @@ def register_benchmark(name: str):
     """
 
     def wrap(cls: type[Benchmark]) -> type[Benchmark]:
-        if name in _BENCHMARKS:
-            raise ValueError(
-                f"benchmark {name!r} is already registered to {type(_BENCHMARKS[name]).__qualname__}"
-            )
-        cls.name = name
-        _BENCHMARKS[name] = cls()
+        cls.name = name  # before instantiating, so that __init__ sees it
+        _BENCHMARKS.register(name, cls())
         return cls
 
     return wrap
@@ -190,7 +187,7 @@ def register_benchmark(name: str):
 
 def list_benchmarks() -> list[str]:
     """The registered benchmark names, sorted."""
-    return sorted(_BENCHMARKS)
+    return _BENCHMARKS.names()
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -199,6 +196,4 @@ def get_benchmark(name: str) -> Benchmark:
     Raises:
         ConfigError: unknown name (the message lists the registered ones).
     """
-    if name not in _BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r}; registered: {', '.join(list_benchmarks())}")
-    return _BENCHMARKS[name]
+    return _BENCHMARKS.get(name)

@@ -25,11 +25,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from streamreason.errors import ConfigError
+from streamreason.registry import Registry
 
 RewardFn = Callable[..., float | Mapping[str, float]]
 """``fn(episode: Episode, **params) -> float | dict[str, float]``."""
 
-_REWARDS: dict[str, RewardFn] = {}
+_REWARDS: Registry[RewardFn] = Registry(
+    "reward",
+    unknown=lambda name, names: (
+        f"unknown reward {name!r}; registered: {', '.join(names)} "
+        "(or give a custom one as 'path/to/file.py:fn' or 'module:fn')"
+    ),
+)
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -42,17 +49,14 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     def decorate(fn: RewardFn) -> RewardFn:
         if ":" in name:
             raise ValueError(f"reward name {name!r} contains ':', which marks a 'file.py:fn' spec")
-        if name in _REWARDS:
-            raise ValueError(f"reward name {name!r} is already registered to {_REWARDS[name].__qualname__}")
-        _REWARDS[name] = fn
-        return fn
+        return _REWARDS.register(name, fn)
 
     return decorate
 
 
 def list_rewards() -> list[str]:
     """The registered reward names, sorted."""
-    return sorted(_REWARDS)
+    return _REWARDS.names()
 
 
 def get_reward(name_or_spec: str) -> RewardFn:
@@ -68,12 +72,7 @@ def get_reward(name_or_spec: str) -> RewardFn:
             is missing or fails to import; it has no attribute ``fn``; or ``fn`` is not callable.
     """
     if ":" not in name_or_spec:
-        if name_or_spec not in _REWARDS:
-            raise ConfigError(
-                f"unknown reward {name_or_spec!r}; registered: {', '.join(list_rewards())} "
-                "(or give a custom one as 'path/to/file.py:fn' or 'module:fn')"
-            )
-        return _REWARDS[name_or_spec]
+        return _REWARDS.get(name_or_spec)
     target, _, attr = name_or_spec.rpartition(":")
     if not target or not attr:
         raise ConfigError(f"reward spec {name_or_spec!r}: expected 'path/to/file.py:fn' or 'module:fn'")

@@ -52,11 +52,11 @@ that keeps only the latest chunk's video, run through
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from streamreason.errors import ConfigError
+from streamreason.registry import Registry
 from streamreason.rollout.chat import VideoSegment
 
 
@@ -221,9 +221,11 @@ class Memory(ABC):
         return max_chunks
 
 
-_MEMORIES: dict[str, type[Memory]] = {}
 _BUILTIN_MODULES: dict[str, str] = {}
 """Name -> module of the built-in policies defined in other modules, imported on first lookup."""
+_MEMORIES: Registry[type[Memory]] = Registry(
+    "memory policy", config_key="rollout.memory.name", builtin_modules=_BUILTIN_MODULES
+)
 
 
 def register_memory(name: str):
@@ -234,11 +236,7 @@ def register_memory(name: str):
     """
 
     def wrap(cls: type[Memory]) -> type[Memory]:
-        old = _MEMORIES.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f"memory policy {name!r} is already registered to {old.__qualname__}")
-        _MEMORIES[name] = cls
-        return cls
+        return _MEMORIES.register(name, cls)
 
     return wrap
 
@@ -249,14 +247,7 @@ def get_memory(name: str) -> type[Memory]:
     Raises:
         ConfigError: unknown name (the message lists the registered ones).
     """
-    if name not in _MEMORIES and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _MEMORIES:
-        known = sorted(set(_MEMORIES) | set(_BUILTIN_MODULES))
-        raise ConfigError(
-            f"rollout.memory.name={name!r} is not a registered memory policy; choose one of {known}"
-        )
-    return _MEMORIES[name]
+    return _MEMORIES.get(name)
 
 
 def make_memory(cfg: MemoryConfig, system_ids: list[int]) -> Memory:

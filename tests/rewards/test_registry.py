@@ -9,7 +9,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_reward.py"
 
 
 def test_register_reward_makes_a_name(monkeypatch):
-    monkeypatch.setattr(registry, "_REWARDS", dict(registry._REWARDS))
+    monkeypatch.setattr(registry, "_REWARDS", registry._REWARDS.copy())
 
     @register_reward("always_one")
     def always_one(episode):
