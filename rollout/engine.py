@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 
 from streamreason.errors import ConfigError
+from streamreason.registry import Registry
 from streamreason.rollout.chat import concat_videos, find_subsequence
 from streamreason.rollout.protocol import THINK_BUDGET_COUNTS
 
@@ -310,16 +311,21 @@ class Engine:
         benchmark's runs start alike). Engines without a prefix cache have nothing to drop."""
 
 
-_ENGINES: dict[str, type[Engine]] = {}
 _BUILTIN_MODULES = {"vllm": "streamreason.rollout.vllm_engine"}  # imported on first use (needs vLLM)
+_ENGINES: Registry[type[Engine]] = Registry(
+    "engine", config_key="engine.name", builtin_modules=_BUILTIN_MODULES
+)
 
 
 def register_engine(name: str):
-    """Class decorator registering an :class:`Engine` subclass under ``name``."""
+    """Class decorator registering an :class:`Engine` subclass under ``name``.
+
+    Raises:
+        ValueError: ``name`` is taken by another class.
+    """
 
     def wrap(cls):
-        _ENGINES[name] = cls
-        return cls
+        return _ENGINES.register(name, cls)
 
     return wrap
 
@@ -328,15 +334,9 @@ def make_engine(name: str, **kwargs) -> Engine:
     """Instantiate the engine registered as ``name``.
 
     Raises:
-        ConfigError: unknown name.
+        ConfigError: unknown name (the message lists the registered ones).
     """
-    if name not in _ENGINES and name in _BUILTIN_MODULES:
-        import importlib
-
-        importlib.import_module(_BUILTIN_MODULES[name])
-    if name not in _ENGINES:
-        raise ConfigError(f"engine.name={name!r} is not registered; choose one of {sorted(_ENGINES)}")
-    return _ENGINES[name](**kwargs)
+    return _ENGINES.get(name)(**kwargs)
 
 
 # Placeholders that only the processor may put in a prompt: a generated one would later be

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from streamreason.errors import ConfigError
+from streamreason.registry import Registry
 from streamreason.types import Query
 
 
@@ -150,15 +151,19 @@ class Protocol:
         raise NotImplementedError
 
 
-_PROTOCOLS: dict[str, type[Protocol]] = {}
+_PROTOCOLS: Registry[type[Protocol]] = Registry("protocol", config_key="rollout.protocol.name")
 
 
 def register_protocol(name: str):
-    """Class decorator registering a :class:`Protocol` subclass under ``name``."""
+    """Class decorator registering a :class:`Protocol` subclass under ``name`` (its :attr:`name`).
+
+    Raises:
+        ValueError: ``name`` is taken by another class.
+    """
 
     def wrap(cls: type[Protocol]) -> type[Protocol]:
+        _PROTOCOLS.register(name, cls)
         cls.name = name
-        _PROTOCOLS[name] = cls
         return cls
 
     return wrap
@@ -170,9 +175,7 @@ def get_protocol(name: str) -> Protocol:
     Raises:
         ConfigError: unknown name (the message lists the registered ones).
     """
-    if name not in _PROTOCOLS:
-        raise ConfigError(f"protocol.name={name!r} is not registered; choose one of {sorted(_PROTOCOLS)}")
-    return _PROTOCOLS[name]()
+    return _PROTOCOLS.get(name)()
 
 
 def _split_think(
