@@ -28,7 +28,7 @@ from streamreason.rollout.loop import RolloutConfig
 from streamreason.rollout.memory import MemoryConfig
 from streamreason.rollout.protocol import ProtocolConfig
 
-# ThinkStream (SEEDS.md): 1 s chunks, 2 frames, 128-192 x 28^2 pixels, think budget 20, 30 tokens.
+# ThinkStream (arXiv 2603.12938): 1 s chunks, 2 frames, 128-192 x 28^2 pixels, think budget 20, 30 tokens.
 THINKSTREAM_ENV = dict(chunk_seconds=1.0, frames_per_chunk=2, min_pixels=128 * 28 * 28, max_pixels=192 * 28 * 28,
                        max_chunks=None)  # fmt: skip
 TINY_ENV = dict(
@@ -126,29 +126,21 @@ def videos(s: Setup, n: int, seconds: int, seed: int = 0):
 
 
 def stack(s: Setup, engine: str, max_videos: int, seed: int = 0):
-    """``(encoder, engine)``: the transformers engine (the policy with random weights) or the
-    vLLM engine (``load_format="dummy"``)."""
-    from streamreason.modeling import load_policy, random_policy
-    from streamreason.rollout.chat import ChatEncoder
-    from streamreason.rollout.engine import make_engine
-    from streamreason.rollout.protocol import get_protocol
+    """``(encoder, engine)`` built by :func:`streamreason.stack.build_policy`, as every job builds
+    them: the transformers engine (fp32 tiny model, or the reference shape with random bf16
+    weights) or the vLLM engine (``load_format="dummy"``), taking ``max_videos`` videos a prompt."""
+    from streamreason.config import load_config
+    from streamreason.stack import build_policy
 
-    dtype = torch.float32 if s.tiny else torch.bfloat16
-    if engine == "vllm":
-        from transformers import AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(s.model_dir)
-        eng = make_engine("vllm", model_dir=str(s.model_dir), tokenizer=processor.tokenizer, max_videos=max_videos,
-                          dtype="bfloat16", load_format="dummy", gpu_memory_utilization=s.gpu_memory_utilization,
-                          enforce_eager=s.eager, max_model_len=32768, seed=seed,
-                          skip_mm_profiling=s.skip_mm_profiling)  # fmt: skip
-    else:
-        load = load_policy if s.tiny else random_policy
-        model, processor = load(s.model_dir, dtype=dtype, device=s.device)
-        eng = make_engine(
-            "transformers", model=model, tokenizer=processor.tokenizer, max_batch_size=64, seed=seed
-        )
-    return ChatEncoder(processor, get_protocol("watch_think_speak")), eng
+    dtype = "float32" if s.tiny else "bfloat16"
+    cfg = load_config(None, [
+        f"model={s.model_dir}", f"engine.name={engine}", f"engine.device={s.device}", f"engine.dtype={dtype}",
+        f"engine.seed={seed}", "engine.max_batch_size=64", f"engine.load_format={'auto' if s.tiny else 'dummy'}",
+        f"engine.gpu_memory_utilization={s.gpu_memory_utilization}", f"engine.enforce_eager={s.eager}",
+        "engine.max_model_len=32768", f"engine.skip_mm_profiling={s.skip_mm_profiling}",
+    ])  # fmt: skip
+    policy = build_policy(cfg, video_limit=max_videos)
+    return policy.encoder, policy.engine
 
 
 class InstantEngine(Engine):

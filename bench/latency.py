@@ -21,6 +21,7 @@ from common import gpu_memory_gib, kv_bytes_per_token, parser, report, rollout_c
 
 from streamreason.envs.pool import EnvPool
 from streamreason.rollout.loop import run_rollouts
+from streamreason.rollout.memory import MemoryConfig
 
 
 def run(s, engine_pair, n_streams: int, seconds: int, marks: list[int], args) -> list[list]:
@@ -71,7 +72,8 @@ def main(argv=None):
     if s.tiny:
         args.minutes, args.streams, args.window = [0.05, 0.1], [1, 2], 3
     seconds = int(max(args.minutes) * 60)
-    engine_pair = stack(s, "transformers" if s.tiny else "vllm", max_videos=20 + args.block - 1)
+    memory = MemoryConfig(window_chunks=20, evict_block=args.block)
+    engine_pair = stack(s, "transformers" if s.tiny else "vllm", max_videos=memory.max_videos(seconds))
     table = [r for n in args.streams for r in run(s, engine_pair, n, seconds, args.minutes, args)]
     return report(
         "Per-chunk latency against video length (memory W=20)",

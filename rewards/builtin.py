@@ -1,8 +1,8 @@
 """Built-in rewards: ThinkStream's four components and two variants.
 
-Formulas are ThinkStream's (arXiv 2603.12938, trajectory reward
-R = 0.2·format + 0.2·time + 0.4·correctness + 0.2·efficiency), as written down in
-../shared/reference/SEEDS.md, "ThinkStream ... Reward". ThinkStream scores one query per
+The trajectory reward is ThinkStream's (arXiv 2603.12938):
+R = 0.2·format + 0.2·time + 0.4·correctness + 0.2·efficiency; the exact rules of its
+``thinkstream/trainer/grpo.py`` are :mod:`streamreason.rewards.thinkstream`. ThinkStream scores one query per
 trajectory; with several, per-query scores are averaged, and responses are attributed to
 queries by :mod:`streamreason.rewards.outcomes`. Every built-in returns a float in [0, 1].
 
@@ -16,7 +16,7 @@ import math
 
 from streamreason.rewards.outcomes import query_outcomes
 from streamreason.rewards.registry import register_reward
-from streamreason.types import Episode
+from streamreason.types import Episode, chunk_index
 
 
 @register_reward("format")
@@ -163,8 +163,7 @@ def _count_factor(n: int) -> float:
 
 
 def _window_score(d: int, slack_seconds: float, window_chunks: int, chunk_seconds: float) -> float:
-    # The epsilon matches Episode.chunk_of: 3.0 / 0.1 must give 30 slack chunks, not 29.
-    s = int(slack_seconds / chunk_seconds + 1e-9)
+    s = chunk_index(slack_seconds, chunk_seconds)  # whole chunks of slack: 3.0 s / 0.1 s is 30, not 29
     if d <= s:
         return 1.0
     return max(0.0, 1.0 - (d - s) / window_chunks) if window_chunks else 0.0

@@ -26,7 +26,7 @@ from streamreason.rewards.registry import get_reward, list_rewards
 from streamreason.types import Episode
 
 THINKSTREAM_WEIGHTS = {"format": 0.2, "timing": 0.2, "correctness": 0.4, "efficiency": 0.2}
-"""R = 0.2·format + 0.2·time + 0.4·correctness + 0.2·efficiency (SEEDS.md, ThinkStream)."""
+"""R = 0.2·format + 0.2·time + 0.4·correctness + 0.2·efficiency (ThinkStream, ``thinkstream/trainer/grpo.py``)."""
 
 
 @dataclass

@@ -68,17 +68,17 @@ def _stack(path: str):
     decode and encode its video once).
 
     Reads only the ``rollout`` and ``rewards`` sections of the run's resolved recipe
-    (``config.yaml``, :func:`~streamreason.schema.load_section`): the model, tokenizer and
-    processor are verl's.
+    (``config.yaml``, :func:`~streamreason.schema.load_sections`) and builds the reward as
+    every job does (:mod:`streamreason.stack`): the model, tokenizer and processor are verl's.
     """
     from streamreason.envs.stream import FrameStore
-    from streamreason.rewards.composite import CompositeReward, RewardConfig
+    from streamreason.rewards.composite import RewardConfig
     from streamreason.rollout.loop import RolloutConfig
-    from streamreason.schema import load_section
+    from streamreason.schema import load_sections
+    from streamreason.stack import make_reward
 
-    rollout = load_section(path, "rollout", RolloutConfig)
-    reward = CompositeReward(load_section(path, "rewards", RewardConfig))
-    return rollout, reward, FrameStore(rollout.env), ChunkEncodings()
+    recipe = load_sections(path, {"rollout": RolloutConfig, "rewards": RewardConfig})
+    return recipe.rollout, make_reward(recipe), FrameStore(recipe.rollout.env), ChunkEncodings()
 
 
 def row_output(row: TrainRow, prompt_len: int, num_turns: int, metrics: AgentLoopMetrics) -> AgentLoopOutput:
@@ -136,11 +136,10 @@ class StreamAgentLoop(AgentLoopBase):
     def __init__(self, *args, recipe: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_type = kwargs.get("hf_model_type") or ""
-        from streamreason.rollout.chat import ChatEncoder
-        from streamreason.rollout.protocol import get_protocol
+        from streamreason.stack import make_encoder
 
         self.rollout_cfg, self.reward, self.store, self.chunks = _stack(recipe)
-        self.encoder = ChatEncoder(self.processor, get_protocol(self.rollout_cfg.protocol.name))
+        self.encoder = make_encoder(self.processor, self.rollout_cfg)
         vocab = self.tokenizer.get_vocab()
         self.end_ids = [vocab["<|im_end|>"]]
 

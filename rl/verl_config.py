@@ -87,18 +87,18 @@ def context_lengths(cfg) -> tuple[int, int]:
       frames per temporal patch, one token per 28×28 pixels, vision start/end),
     - t = text tokens allowed per turn = 64 + ``rollout.protocol.max_new_tokens``,
     - n = ``rollout.env.max_chunks`` (120 when None),
-    - W = ``rollout.memory.window_chunks`` (n with ``keep_all_video``), B = ``rollout.memory.evict_block``,
+    - m = the most chunk videos one prompt holds under the memory policy
+      (``rollout.memory.max_videos(n)``: W + B − 1, or n without eviction), B = ``rollout.memory.evict_block``,
 
-    prompt_length = 256 + n·t + min(W + B, n)·v and response_length = min(B, n)·(t + v), each
+    prompt_length = 256 + n·t + min(m + 1, n)·v and response_length = min(B, n)·(t + v), each
     rounded up to a multiple of 256.
     """
     env, memory = cfg.rollout.env, cfg.rollout.memory
     v = math.ceil(env.frames_per_chunk / 2) * (env.max_pixels // (28 * 28)) + 2
     t = 64 + cfg.rollout.protocol.max_new_tokens
     n = env.max_chunks or 120
-    w = n if memory.keep_all_video or memory.window_chunks <= 0 else memory.window_chunks
     b = memory.evict_block
-    prompt = 256 + n * t + min(w + b, n) * v
+    prompt = 256 + n * t + min(memory.max_videos(n) + 1, n) * v
     response = min(b, n) * (t + v)
     return _round_up(prompt), _round_up(response)
 

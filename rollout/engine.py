@@ -42,6 +42,9 @@ class EngineConfig:
         max_model_len: vLLM context length in tokens (0: the model's own).
         enforce_eager: skip CUDA-graph capture (fast start, slower decode).
         enable_prefix_caching: reuse the KV of shared prompt prefixes across turns.
+        load_format: ``auto`` (the checkpoint's weights), or ``dummy``: random weights of the
+            checkpoint's shape, for speed and memory benchmarks (vLLM's ``load_format``; the
+            transformers engine builds the model from its config).
         skip_mm_profiling: vLLM profiles memory with the language model only, not the vision
             encoder on maximum-size videos (start-up minutes shorter; leave GPU memory outside
             ``gpu_memory_utilization`` for the encoder's activations).
@@ -57,6 +60,7 @@ class EngineConfig:
     max_model_len: int = 0
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
+    load_format: str = "auto"
     skip_mm_profiling: bool = False
 
 
@@ -80,8 +84,8 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class ThinkBudget:
-    """The tokens a turn is forced to: the think close tag once the budget is spent (ThinkStream,
-    SEEDS.md) and, when set, the end-of-turn token at the turn's last position.
+    """The tokens a turn is forced to: the think close tag once the budget is spent (ThinkStream's
+    ``think_budget_sample``, ``thinkstream/model/inference.py``) and, when set, the end-of-turn token at the turn's last position.
 
     Forcing is a rule on the tokens generated so far, the same for every engine: at position
     ``i`` (0-based) of a turn of at most ``max_new_tokens`` tokens, given ``generated[:i]``,

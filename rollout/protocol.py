@@ -3,7 +3,7 @@
 A protocol owns the system prompt, the text of a user turn (time marker and queries) and the
 parser of one assistant turn. Two are registered:
 
-* ``watch_think_speak`` (ThinkStream, SEEDS.md): ``<think>...</think>`` then ``<response>text``
+* ``watch_think_speak`` (ThinkStream, arXiv 2603.12938): ``<think>...</think>`` then ``<response>text``
   or ``<silent>``; a turn is well-formed iff it matches
   ``^<think>.*?</think>(<response>.*|<silent>)<end>$`` (``<end>`` = the end-of-turn token).
 * ``streamo`` (Streamo's three states): ``<silent>``, ``<standby>`` (evidence is arriving) or

@@ -1,6 +1,6 @@
 """Literal answers: infer a ground truth's kind, parse a response for that kind, compare.
 
-ThinkStream (SEEDS.md, "Reward", correctness) scores a response as correct when its content
+ThinkStream (``thinkstream/trainer/grpo.py``, correctness) scores a response as correct when its content
 parses as a literal (``A``-``E``, ``(A)``, ``A.``, yes/no, a number) equal to the ground truth.
 This module is that parser, extended with free-text answers compared SQuAD-style.
 

@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval", help="evaluate a model on data.eval, or on a streaming benchmark (--benchmark)",
-        epilog="eval score --benchmark ovo|streamingbench RESULTS_DIR: score the benchmark's own result files",
+        epilog="eval score --benchmark NAME RESULTS_DIR: score a benchmark's own result files",
     )  # fmt: skip
     ev.add_argument("recipe", nargs="?", help="YAML recipe (required without --benchmark)")
     ev.add_argument("--model", help="checkpoint folder (overrides the recipe's model)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -130,26 +131,34 @@ def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def load_section(path: str | Path, key: str, schema: type):
-    """One section of a resolved recipe file (a run directory's ``config.yaml``) as ``schema``.
+def load_sections(path: str | Path, schemas: dict[str, type]) -> SimpleNamespace:
+    """Some sections of a resolved recipe file (a run directory's ``config.yaml``), typed.
+
+    For a process that needs part of a recipe without the recipe's schema (the verl agent loop
+    in its Ray workers reads ``rollout`` and ``rewards``).
 
     Args:
         path: the YAML file.
-        key: the section's top-level key (``rollout``, ``rewards``); ``"model"``-like scalar
-            keys are read with :func:`omegaconf.OmegaConf.load` directly.
-        schema: the section's dataclass.
+        schemas: section key -> its dataclass, e.g. ``{"rollout": RolloutConfig}``.
+
+    Returns:
+        a namespace with one attribute per section (``ns.rollout``), each an instance of its
+        dataclass, so it stands in for the recipe where only these sections are read.
 
     Raises:
-        ConfigError: the file or the section is missing, or a value does not fit the schema.
+        ConfigError: the file or a section is missing, or a value does not fit its schema.
     """
     if not Path(path).is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist")
     raw = OmegaConf.load(path)
-    if key not in raw:
-        raise ConfigError(f"recipe {str(path)!r} has no {key!r} section")
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw[key]))
-    except StreamReasonError:
-        raise
-    except _BAD_VALUE as e:
-        raise ConfigError(f"recipe {str(path)!r}, section {key!r}: {e}") from None
+    out = SimpleNamespace()
+    for key, schema in schemas.items():
+        if key not in raw:
+            raise ConfigError(f"recipe {str(path)!r} has no {key!r} section")
+        try:
+            setattr(out, key, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw[key])))
+        except StreamReasonError:
+            raise
+        except _BAD_VALUE as e:
+            raise ConfigError(f"recipe {str(path)!r}, section {key!r}: {e}") from None
+    return out

@@ -75,6 +75,7 @@ def build_policy(
     dtype: str | None = None,
     need_model: bool = False,
     with_engine: bool = True,
+    video_limit: int | None = None,
 ) -> PolicyStack:
     """Model, processor, chat encoder and engine of a recipe.
 
@@ -87,6 +88,8 @@ def build_policy(
             other engines always load it (they generate with it).
         with_engine: False builds no engine (``engine`` is None; the model is loaded): a job
             that trains without generating (SFT) starts no vLLM.
+        video_limit: the engine's limit of chunk videos per prompt (default: what the recipe's
+            memory policy can hold, :func:`max_videos`).
 
     Raises:
         ConfigError: the checkpoint folder is missing, or the engine is not registered.
@@ -94,36 +97,44 @@ def build_policy(
     import torch
     from transformers import AutoProcessor
 
-    from streamreason.modeling import check_model_dir, load_policy
-    from streamreason.rollout.chat import ChatEncoder
+    from streamreason.modeling import check_model_dir, load_policy, random_policy
     from streamreason.rollout.engine import make_engine
-    from streamreason.rollout.protocol import get_protocol
 
     ec = cfg.engine
     device = resolve_device(ec.device)
     seed = ec.seed if seed is None else seed
     torch_dtype = getattr(torch, dtype or ec.dtype)
+    load = random_policy if ec.load_format == "dummy" else load_policy
     if not with_engine:
-        model, processor = load_policy(cfg.model, dtype=torch_dtype, device=device)
+        model, processor = load(cfg.model, dtype=torch_dtype, device=device)
         engine = None
     elif ec.name == "vllm":
         check_model_dir(cfg.model)
         model, processor = (None, AutoProcessor.from_pretrained(cfg.model))
         if need_model:
-            model, processor = load_policy(cfg.model, dtype=torch_dtype, device=device)
+            model, processor = load(cfg.model, dtype=torch_dtype, device=device)
         engine = make_engine(
-            "vllm", model_dir=cfg.model, tokenizer=processor.tokenizer, max_videos=max_videos(cfg),
+            "vllm", model_dir=cfg.model, tokenizer=processor.tokenizer,
+            max_videos=video_limit or max_videos(cfg), load_format=ec.load_format,
             dtype=ec.dtype, gpu_memory_utilization=ec.gpu_memory_utilization, max_model_len=ec.max_model_len,
             enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
             skip_mm_profiling=ec.skip_mm_profiling,
             tensor_parallel_size=ec.tensor_parallel_size, seed=seed,
         )  # fmt: skip
     else:
-        model, processor = load_policy(cfg.model, dtype=torch_dtype, device=device)
+        model, processor = load(cfg.model, dtype=torch_dtype, device=device)
         engine = make_engine(ec.name, model=model, tokenizer=processor.tokenizer,
                              max_batch_size=ec.max_batch_size, seed=seed)  # fmt: skip
-    encoder = ChatEncoder(processor, get_protocol(cfg.rollout.protocol.name))
-    return PolicyStack(model, processor, encoder, engine)
+    return PolicyStack(model, processor, make_encoder(processor, cfg.rollout), engine)
+
+
+def make_encoder(processor, rollout):
+    """The :class:`~streamreason.rollout.chat.ChatEncoder` of a checkpoint's processor under the
+    ``rollout`` section's protocol (``rollout.protocol.name``)."""
+    from streamreason.rollout.chat import ChatEncoder
+    from streamreason.rollout.protocol import get_protocol
+
+    return ChatEncoder(processor, get_protocol(rollout.protocol.name))
 
 
 def max_videos(cfg) -> int:

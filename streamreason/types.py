@@ -1,7 +1,7 @@
 """Plain data types shared by every stage: dataset rows, queries, and the text-level episode
 that reward functions score.
 
-The row format on disk is ThinkStream's RL JSONL (SEEDS.md, "RL data"), one JSON object per
+The row format on disk is ThinkStream's RL JSONL (CASIA-IVA-Lab/ThinkStream's RL data), one JSON object per
 line::
 
     {"id": "synth-000001",                       # optional; defaults to file:line

@@ -6,7 +6,8 @@ Every ``import`` statement of every module is read with ``ast``, the ones inside
 Layers, lowest first (a module may import its own layer and those below):
 
 0. ``streamreason.errors``, ``streamreason.types``, ``streamreason.answers`` (the rows' literal
-   answers), ``streamreason.schema`` (the typed config loader): the base.
+   answers), ``streamreason.schema`` (the typed config loader), ``streamreason.registry`` (the
+   one registry class): the base.
 1. ``envs``; ``streamreason.modeling`` (checkpoints and the tiny model).
 2. ``rollout``.
 3. ``rewards`` (scores the text-level episodes the rollout yields).
