@@ -25,6 +25,7 @@ from verl.utils.torch_functional import entropy_from_logits
 from streamreason.errors import ConfigError
 from streamreason.rl.grpo import GRPOConfig, policy_loss, sequence_weights
 from streamreason.rl.rows import TrainRow, collate, noop_row
+from streamreason.rollout.attention import span_masked_inputs
 
 
 @dataclass
@@ -205,6 +206,8 @@ class Learner:
         log-softmax over all positions was most of the learner's memory.
         """
         inputs = {k: v.to(self.device) for k, v in batch.items() if k not in _TARGET_KEYS}
+        if (until := inputs.pop("visible_until", None)) is not None:  # memory.eviction=mask
+            inputs = span_masked_inputs(model, inputs, until)
         need = (batch["loss_mask"] > 0).any(0) | (batch["decision"] >= 0).any(0)
         pos = need.nonzero()[:, 0] if need.any() else torch.tensor([len(need) - 1])  # keep the graph
         pos = pos.to(self.device)

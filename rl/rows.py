@@ -1,5 +1,10 @@
 """Training rows: one packed causal row per eviction block of a trajectory.
 
+Under ``memory.eviction=mask`` the context never loses a token, so a whole trajectory is one
+block and one row: its last prompt and response, with the attention mask's spans
+(:attr:`TrainRow.masked_spans`) hiding each evicted chunk's video from the turns after its
+eviction, as at inference. The rest of this docstring holds for both.
+
 Between two evictions the context only grows (prompt(t+1) = prompt(t) + response(t) + env
 tokens + user(t+1), ``rollout/memory.py``), so the turns of one block are one causal sequence:
 the last turn's prompt followed by its response. Every response of the block sits in it at
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streamreason.rollout.attention import ALWAYS, visible_until
 from streamreason.rollout.chat import VideoSegment, concat_videos
 from streamreason.rollout.loop import Trajectory
 
@@ -39,6 +45,9 @@ class TrainRow:
         decision: int64 ``[L]``, for SFT: class id (0 silent, 1 response, 2 standby) at the
             first token after the think span of each turn, -1 elsewhere.
         ref_logprobs: float32 ``[L]``, the reference model's log-probs (when a KL loss is on).
+        masked_spans: ``(start, end, from_position)`` token spans hidden from the tokens at
+            ``from_position`` on (``memory.eviction=mask``: the block's last prompt's spans,
+            which hold every earlier turn's; :mod:`streamreason.rollout.attention`).
     """
 
     input_ids: np.ndarray
@@ -51,6 +60,7 @@ class TrainRow:
     turns: tuple[int, int] = (0, 0)
     decision: np.ndarray | None = field(default=None, repr=False)
     ref_logprobs: np.ndarray | None = field(default=None, repr=False)
+    masked_spans: list[tuple[int, int, int]] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -67,7 +77,7 @@ def noop_row(row: TrainRow) -> TrainRow:
     return TrainRow(row.input_ids, row.mm_token_type_ids, row.videos, np.zeros_like(row.loss_mask),
                     row.old_logprobs, advantage=row.advantage, traj_index=row.traj_index, turns=row.turns,
                     decision=None if row.decision is None else np.full_like(row.decision, -1),
-                    ref_logprobs=np.zeros_like(row.old_logprobs))  # fmt: skip
+                    ref_logprobs=np.zeros_like(row.old_logprobs), masked_spans=row.masked_spans)  # fmt: skip
 
 
 def build_rows(trajectories: list[Trajectory], advantages: list[float] | None = None) -> list[TrainRow]:
@@ -115,6 +125,7 @@ def build_rows(trajectories: list[Trajectory], advantages: list[float] | None = 
                     advantage=adv,
                     traj_index=i,
                     turns=(traj.turns[turn_ids[0]].chunk_index, last.chunk_index),
+                    masked_spans=list(last.masked_spans),
                 )
             )
     return rows
@@ -134,7 +145,10 @@ def collate(rows: list[TrainRow], pad_id: int, pixels: bool = True) -> dict[str,
         ``[B, L]`` and the videos' tensors concatenated in row order) plus, shifted so that
         column ``j`` is the target token ``j + 1``: ``targets`` int64, ``loss_mask`` and
         ``old_logprobs`` float32, ``advantages`` float32, all ``[B, L - 1]``, and
-        ``decision`` int64 ``[B, L - 1]`` when the rows carry decision labels.
+        ``decision`` int64 ``[B, L - 1]`` when the rows carry decision labels, and
+        ``visible_until`` int64 ``[B, L]`` when a row has masked spans
+        (:func:`~streamreason.rollout.attention.visible_until`; the learner turns it into the
+        4-D span mask).
     """
     width = max(len(r) for r in rows)
     b = len(rows)
@@ -154,6 +168,11 @@ def collate(rows: list[TrainRow], pad_id: int, pixels: bool = True) -> dict[str,
         if r.decision is not None:
             decision[j, :n] = torch.from_numpy(r.decision)
     batch = {"input_ids": ids, "attention_mask": attn, "mm_token_type_ids": types}
+    if any(r.masked_spans for r in rows):  # span-masked attention (memory.eviction=mask)
+        until = torch.full((b, width), ALWAYS, dtype=torch.long)
+        for j, r in enumerate(rows):
+            until[j, : len(r)] = torch.from_numpy(visible_until(len(r), r.masked_spans))
+        batch["visible_until"] = until
     videos = [v for r in rows for v in r.videos]
     if pixels:
         batch.update(concat_videos(videos))

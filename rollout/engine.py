@@ -181,12 +181,16 @@ class GenerationRequest:
             processor).
         key: ``(row_id, group_index, chunk_index)`` of the turn (engines may ignore it; a
             scripted engine uses it to look up the turn's gold output).
+        masked_spans: ``(start, end, from_position)`` token spans of the prompt hidden from the
+            tokens at ``from_position`` on (``memory.eviction=mask``,
+            :mod:`streamreason.rollout.attention`); empty: plain causal attention.
     """
 
     prompt_ids: list[int]
     mm_token_type_ids: list[int]
     videos: list = field(default_factory=list, repr=False)
     key: tuple | None = None
+    masked_spans: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def mm_inputs(self) -> dict[str, torch.Tensor]:
@@ -412,24 +416,30 @@ class TransformersEngine(Engine):
     def generate(self, requests, sampling, max_new_tokens, think_budget=None):
         out: list[Generation] = []
         for i in range(0, len(requests), self.max_batch_size):
-            out.extend(
-                self._generate(requests[i : i + self.max_batch_size], sampling, max_new_tokens, think_budget)
-            )
+            batch = requests[i : i + self.max_batch_size]
+            run = self._generate_masked if any(r.masked_spans for r in batch) else self._generate
+            out.extend(run(batch, sampling, max_new_tokens, think_budget))
         return out
 
-    def _generate(self, requests, sampling, max_new_tokens, think_budget):
-        self.model.eval()  # the learner may have left it in train mode
-        device = self.model.device
+    def _left_padded(self, requests):
+        """``(width, ids, types, mask, mm)``: the prompts left-padded to ``width`` (generation
+        continues every row at its end), their 2-D mask and the videos' tensors on the device."""
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         types = torch.zeros_like(ids)
         mask = torch.zeros_like(ids)
-        for row, r in enumerate(requests):  # left padding: generation continues every row at its end
+        for row, r in enumerate(requests):
             n = len(r.prompt_ids)
             ids[row, width - n :] = torch.tensor(r.prompt_ids)
             types[row, width - n :] = torch.tensor(r.mm_token_type_ids)
             mask[row, width - n :] = 1
+        device = self.model.device
         mm = {k: v.to(device) for k, v in concat_videos([v for r in requests for v in r.videos]).items()}
+        return width, ids.to(device), types.to(device), mask.to(device), mm
+
+    def _generate(self, requests, sampling, max_new_tokens, think_budget):
+        self.model.eval()  # the learner may have left it in train mode
+        width, ids, types, mask, mm = self._left_padded(requests)
         greedy = sampling.temperature <= 0
         processors = (
             [_ThinkBudgetProcessor(think_budget, width, max_new_tokens)]
@@ -437,7 +447,7 @@ class TransformersEngine(Engine):
             else []
         )
         res = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), mm_token_type_ids=types.to(device), **mm,
+            input_ids=ids, attention_mask=mask, mm_token_type_ids=types, **mm,
             do_sample=not greedy, temperature=None if greedy else sampling.temperature,
             top_p=None if greedy or sampling.top_p >= 1.0 else sampling.top_p,
             top_k=None if greedy or sampling.top_k <= 0 else sampling.top_k,
@@ -446,12 +456,18 @@ class TransformersEngine(Engine):
             suppress_tokens=self.banned_ids,
             logits_processor=processors, output_logits=True, return_dict_in_generate=True,
         )  # fmt: skip
-        new = res.sequences[:, width:].cpu()
-        logits = torch.stack(res.logits, dim=1).float().cpu()  # [batch, steps, vocab]
-        scale = 1.0 if greedy else sampling.temperature
+        return self._generations(res.sequences[:, width:], torch.stack(res.logits, dim=1), sampling,
+                                 max_new_tokens, think_budget)  # fmt: skip
+
+    def _generations(self, new, logits, sampling, max_new_tokens, think_budget) -> list[Generation]:
+        """One :class:`Generation` per row of ``new`` ``[B, steps]`` (cut after the end-of-turn
+        token) with ``log_softmax(logits / T)`` of each sampled token (``logits`` ``[B, steps,
+        vocab]``, the model's, before any processing)."""
+        new, logits = new.cpu(), logits.float().cpu()
+        scale = 1.0 if sampling.temperature <= 0 else sampling.temperature
         logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, new[..., None])[..., 0]
         out = []
-        for row in range(len(requests)):
+        for row in range(len(new)):
             toks = new[row].tolist()
             stop = next((j for j, t in enumerate(toks) if t in self.end_ids), None)
             n = len(toks) if stop is None else stop + 1
@@ -461,3 +477,78 @@ class TransformersEngine(Engine):
                 Generation(toks, logprobs[row, :n].tolist(), forced, "length" if stop is None else "stop")
             )
         return out
+
+    def _generate_masked(self, requests, sampling, max_new_tokens, think_budget):
+        """Generation under span-masked attention (``memory.eviction=mask``): one prefill of the
+        whole context with the 4-D mask and the rows' rotary positions
+        (:func:`~streamreason.rollout.attention.span_masked_inputs`), then one token per step
+        from the KV cache, each new token hidden from every masked span (they were all evicted
+        before this turn) and at the next text position. Sampling is ``generate``'s: the same
+        logits processors in its order (min new tokens, suppressed ids, the think budget, then
+        temperature, top-k, top-p), multinomial draws from torch's generator."""
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            MinNewTokensLengthLogitsProcessor,
+            SuppressTokensLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        from streamreason.rollout.attention import ALWAYS, dense_mask, span_masked_inputs, visible_until
+
+        self.model.eval()
+        width, ids, types, mask, mm = self._left_padded(requests)
+        device, b = ids.device, len(requests)
+        until = torch.full((b, width + max_new_tokens), ALWAYS, dtype=torch.long)
+        for row, r in enumerate(requests):
+            n = len(r.prompt_ids)
+            row_until = visible_until(n, r.masked_spans)
+            row_until[row_until != ALWAYS] += width - n  # query positions are the padded columns
+            until[row, width - n : width] = torch.from_numpy(row_until)
+        until = until.to(device)
+        greedy = sampling.temperature <= 0
+        procs = LogitsProcessorList()
+        if sampling.min_new_tokens:
+            procs.append(MinNewTokensLengthLogitsProcessor(width, min(sampling.min_new_tokens, max_new_tokens),
+                                                           self.end_ids, device))  # fmt: skip
+        if self.banned_ids:
+            procs.append(SuppressTokensLogitsProcessor(self.banned_ids, device))
+        if think_budget and think_budget.active:
+            procs.append(_ThinkBudgetProcessor(think_budget, width, max_new_tokens))
+        if not greedy:
+            procs.append(TemperatureLogitsWarper(float(sampling.temperature)))
+            if sampling.top_k > 0:
+                procs.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                procs.append(TopPLogitsWarper(sampling.top_p))
+        inputs = span_masked_inputs(
+            self.model, {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": types, **mm},
+            until[:, :width],
+        )  # fmt: skip
+        out = self.model(**inputs, use_cache=True)
+        cache, pos = (
+            out.past_key_values,
+            inputs["position_ids"][:, :, -1:],
+        )  # [3, B, 1]: the last prompt token's
+        seq, valid = ids, mask.bool()
+        steps, live = [], torch.ones(b, dtype=torch.bool, device=device)
+        logits = out.logits[:, -1]
+        for t in range(max_new_tokens):
+            steps.append(logits)
+            scores = procs(seq, logits.float())
+            nxt = scores.argmax(-1) if greedy else torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
+            nxt = torch.where(live, nxt, torch.full_like(nxt, self.pad_id))
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            live &= ~torch.isin(nxt, torch.tensor(self.end_ids, device=device))
+            if not live.any() or t + 1 == max_new_tokens:
+                break
+            valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=device)], 1)
+            pos = pos + 1  # text continues from the largest position, one step on every axis
+            step_mask = dense_mask(until[:, : seq.shape[1]], valid, q_len=1)
+            out = self.model(input_ids=nxt[:, None], attention_mask=step_mask, position_ids=pos,
+                             past_key_values=cache, use_cache=True)  # fmt: skip
+            cache, logits = out.past_key_values, out.logits[:, -1]
+        return self._generations(
+            seq[:, width:], torch.stack(steps, 1), sampling, max_new_tokens, think_budget
+        )

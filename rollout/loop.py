@@ -75,6 +75,8 @@ class TurnRecord:
         memory: context figures of this turn.
         cached_prompt_tokens: prompt tokens the engine served from its prefix cache (None:
             the engine has none).
+        masked_spans: the prompt's ``(start, end, from_position)`` spans hidden by the attention
+            mask (``memory.eviction=mask``; :attr:`~streamreason.rollout.memory.Prompt.masked_spans`).
     """
 
     chunk_index: int
@@ -93,6 +95,7 @@ class TurnRecord:
     think_tokens: int
     memory: MemoryStats
     cached_prompt_tokens: int | None = None
+    masked_spans: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -273,7 +276,8 @@ class TrajectoryRecorder:
         prompt = self.memory.prompt()
         self._turn = (obs, prompt)
         key = (self.traj.row.id, self.traj.group_index, k)
-        return GenerationRequest(prompt.ids, prompt.mm_token_type_ids, list(prompt.videos), key)
+        return GenerationRequest(prompt.ids, prompt.mm_token_type_ids, list(prompt.videos), key,
+                                 list(prompt.masked_spans))  # fmt: skip
 
     def record(self, gen: Generation) -> TurnRecord:
         """Store the generated turn; returns its record (``record.text`` is the env action)."""
@@ -290,7 +294,7 @@ class TrajectoryRecorder:
             response_mask=np.asarray([not f for f in gen.forced], np.int8), env_ids=list(env_tail),
             finish_reason=gen.finish_reason, text=text, parsed=self.encoder.protocol.parse(text, ended),
             think_tokens=count_think_tokens(body, self.open_ids, self.close_ids), memory=prompt.stats,
-            cached_prompt_tokens=gen.cached_prompt_tokens,
+            cached_prompt_tokens=gen.cached_prompt_tokens, masked_spans=list(prompt.masked_spans),
         )  # fmt: skip
         self.traj.turns.append(record)
         self.memory.add_reply(gen.token_ids + env_tail)

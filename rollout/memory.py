@@ -53,11 +53,14 @@ that keeps only the latest chunk's video, run through
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streamreason.errors import ConfigError
 from streamreason.registry import Registry
 from streamreason.rollout.chat import VideoSegment
+
+EVICTIONS = ("rewrite", "mask")
+"""``rollout.memory.eviction`` values (:class:`MemoryConfig`)."""
 
 
 @dataclass
@@ -71,6 +74,14 @@ class MemoryConfig:
         keep_all_video: never evict video.
         text_sink_tokens: assistant-text tokens kept from the start (0 with recent 0 = no cap).
         text_recent_tokens: assistant-text tokens kept from the end.
+        eviction: how an evicted chunk's video leaves the context. ``rewrite``: its tokens leave
+            the sequence and the later tokens are re-encoded with contiguous positions (one
+            training row per eviction block; the StreamingVLM-style text cap needs it).
+            ``mask`` (ThinkStream's RCSM): the sequence only grows and positions are never
+            rebased; the video stays, hidden by the attention mask from every token of the turns
+            after its eviction (:attr:`Prompt.masked_spans`), while every token computed before
+            keeps what it saw. Each turn then encodes only its new chunk and reply, and a whole
+            trajectory is one training row.
 
     :meth:`video_cutoff`, :meth:`block_start` and :meth:`max_videos` are the named policy's
     rules (:class:`Memory`), for the code that needs them without a trajectory.
@@ -86,9 +97,17 @@ class MemoryConfig:
     keep_all_video: bool = False
     text_sink_tokens: int = 0
     text_recent_tokens: int = 0
+    eviction: str = "rewrite"
 
     def __post_init__(self):
         get_memory(self.name)
+        if self.eviction not in EVICTIONS:
+            raise ConfigError(f"memory.eviction must be one of {EVICTIONS}, got {self.eviction!r}")
+        if self.eviction == "mask" and self.text_cap:
+            raise ConfigError(
+                "memory.eviction=mask keeps every token in the context; the text cap "
+                "(memory.text_sink_tokens / text_recent_tokens) needs memory.eviction=rewrite"
+            )
         if self.window_chunks < 1:
             raise ConfigError(f"memory.window_chunks must be >= 1, got {self.window_chunks}")
         if self.evict_block < 1:
@@ -148,6 +167,11 @@ class Prompt:
         video_chunks: their chunk indices.
         block_start: first turn of this turn's eviction block.
         stats: :class:`MemoryStats`.
+        masked_spans: ``(start, end, from_position)`` token index triples: the tokens
+            ``start .. end - 1`` (an evicted chunk's video) are hidden from every token at
+            ``from_position`` or later (the first token of the turn that evicted it); empty
+            unless ``eviction=mask``. Attention is causal otherwise
+            (:func:`~streamreason.rollout.attention.visible_until`).
     """
 
     ids: list[int]
@@ -156,6 +180,7 @@ class Prompt:
     video_chunks: list[int]
     block_start: int
     stats: MemoryStats
+    masked_spans: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 class Memory(ABC):
@@ -290,7 +315,10 @@ class VisualWindowMemory(Memory):
     @classmethod
     def block_start(cls, cfg: MemoryConfig, turn: int) -> int:
         """The turn at which ``turn``'s eviction block began (0 for the first block); with
-        ``keep_all_video``, blocks of B turns under a text cap, else one block."""
+        ``keep_all_video``, blocks of B turns under a text cap, else one block; under
+        ``eviction=mask`` one block (the context only grows)."""
+        if cfg.eviction == "mask":
+            return 0
         if cfg.keep_all_video:
             return turn // cfg.evict_block * cfg.evict_block if cfg.text_cap else 0
         cut = cls.video_cutoff(cfg, turn)
@@ -298,8 +326,21 @@ class VisualWindowMemory(Memory):
 
     @classmethod
     def max_videos(cls, cfg: MemoryConfig, max_chunks: int) -> int:
-        """``W + B - 1``, or ``max_chunks`` with ``keep_all_video``."""
-        return max_chunks if cfg.keep_all_video else cfg.window_chunks + cfg.evict_block - 1
+        """``W + B - 1``, or ``max_chunks`` with ``keep_all_video`` or ``eviction=mask`` (evicted
+        video stays in the sequence, masked)."""
+        if cfg.keep_all_video or cfg.eviction == "mask":
+            return max_chunks
+        return cfg.window_chunks + cfg.evict_block - 1
+
+    @classmethod
+    def evicting_turn(cls, cfg: MemoryConfig, chunk: int) -> int:
+        """The turn whose context first lacks ``chunk``'s video: the first ``t`` with
+        ``video_cutoff(t) > chunk``, ``ceil((chunk + 1) / B) * B + W - 1`` (never with
+        ``keep_all_video``: a turn past any stream)."""
+        if cfg.keep_all_video:
+            return 2**62
+        b = cfg.evict_block
+        return -(-(chunk + 1) // b) * b + cfg.window_chunks - 1
 
     def add_chunk(
         self, head: list[int], video: VideoSegment, tail: list[int], has_query: bool = True
@@ -342,10 +383,11 @@ class VisualWindowMemory(Memory):
         if turn < 0:
             raise RuntimeError("prompt() before any add_chunk()")
         cutoff = self.video_cutoff(self.cfg, turn)
-        replies = self._kept_replies(turn)
+        masked = self.cfg.eviction == "mask"
+        replies = set(range(turn)) if masked else self._kept_replies(turn)
         pieces: list[tuple[tuple, list[int], VideoSegment | None]] = [(("system",), self.system_ids, None)]
         for k, c in enumerate(self.chunks):
-            if k >= cutoff:
+            if k >= cutoff or masked:
                 pieces.append((("head", k), c.head, None))
                 pieces.append((("video", k), c.video.ids, c.video))
                 pieces.append((("tail", k), c.tail, None))
@@ -368,8 +410,24 @@ class VisualWindowMemory(Memory):
         keys = [p[0] for p in pieces]
         shared = self._shared_prefix(keys, pieces, ids)
         self._prev_key, self._prev_ids = keys, ids
-        stats = MemoryStats(len(ids), sum(v.visual_tokens for v in videos), shared, len(videos))
-        return Prompt(ids, types, videos, video_chunks, self.block_start(self.cfg, turn), stats)
+        spans = self._masked_spans(pieces, cutoff) if masked else []
+        visible = [v for k, v in zip(video_chunks, videos) if k >= cutoff]
+        stats = MemoryStats(len(ids), sum(v.visual_tokens for v in visible), shared, len(visible))
+        return Prompt(ids, types, videos, video_chunks, self.block_start(self.cfg, turn), stats, spans)
+
+    def _masked_spans(self, pieces, cutoff: int) -> list[tuple[int, int, int]]:
+        """``(start, end, from_position)`` of each evicted chunk's video under ``eviction=mask``:
+        hidden from the first token of its :meth:`evicting_turn` on."""
+        at: dict[tuple, tuple[int, int]] = {}
+        pos = 0
+        for key, piece_ids, _ in pieces:
+            at[key] = (pos, pos + len(piece_ids))
+            pos += len(piece_ids)
+        spans = []
+        for k in range(cutoff):
+            start, end = at[("video", k)]
+            spans.append((start, end, at[("head", self.evicting_turn(self.cfg, k))][0]))
+        return spans
 
     def _shared_prefix(self, keys: list[tuple], pieces, ids: list[int]) -> int:
         """Tokens shared with the previous prompt: whole equal pieces, then a common text prefix."""
