@@ -102,11 +102,12 @@ def env_config(s: Setup) -> EnvConfig:
 
 
 def rollout_config(s: Setup, *, window: int = 20, block: int = 1, keep_all_video: bool = False, group: int = 8,
-                   text_recent_tokens: int = 0, text_sink_tokens: int = 0) -> RolloutConfig:  # fmt: skip
+                   text_recent_tokens: int = 0, text_sink_tokens: int = 0, eviction: str = "rewrite") -> RolloutConfig:  # fmt: skip
     """ThinkStream's rollout settings with fixed output lengths (every turn 30 tokens)."""
     protocol = ProtocolConfig(think_budget=20, max_new_tokens=30)
     memory = MemoryConfig(window_chunks=window, evict_block=block, keep_all_video=keep_all_video,
-                          text_sink_tokens=text_sink_tokens, text_recent_tokens=text_recent_tokens)  # fmt: skip
+                          text_sink_tokens=text_sink_tokens, text_recent_tokens=text_recent_tokens,
+                          eviction=eviction)  # fmt: skip
     return RolloutConfig(env=env_config(s), protocol=protocol, memory=memory,
                          sampling=SamplingConfig(min_new_tokens=protocol.max_new_tokens), group_size=group)  # fmt: skip
 
@@ -125,10 +126,11 @@ def videos(s: Setup, n: int, seconds: int, seed: int = 0):
     return rows
 
 
-def stack(s: Setup, engine: str, max_videos: int, seed: int = 0):
+def stack(s: Setup, engine: str, max_videos: int, seed: int = 0, memory: MemoryConfig | None = None):
     """``(encoder, engine)`` built by :func:`streamreason.stack.build_policy`, as every job builds
     them: the transformers engine (fp32 tiny model, or the reference shape with random bf16
-    weights) or the vLLM engine (``load_format="dummy"``), taking ``max_videos`` videos a prompt."""
+    weights) or the vLLM engine (``load_format="dummy"``), taking ``max_videos`` videos a prompt;
+    ``memory`` (default: the recipe default) decides whether vLLM runs the span-mask plugin."""
     from streamreason.config import load_config
     from streamreason.stack import build_policy
 
@@ -138,6 +140,10 @@ def stack(s: Setup, engine: str, max_videos: int, seed: int = 0):
         f"engine.seed={seed}", "engine.max_batch_size=64", f"engine.load_format={'auto' if s.tiny else 'dummy'}",
         f"engine.gpu_memory_utilization={s.gpu_memory_utilization}", f"engine.enforce_eager={s.eager}",
         "engine.max_model_len=32768", f"engine.skip_mm_profiling={s.skip_mm_profiling}",
+        *([] if memory is None else [f"rollout.memory.window_chunks={memory.window_chunks}",
+                                     f"rollout.memory.evict_block={memory.evict_block}",
+                                     f"rollout.memory.keep_all_video={memory.keep_all_video}",
+                                     f"rollout.memory.eviction={memory.eviction}"]),
     ])  # fmt: skip
     policy = build_policy(cfg, video_limit=max_videos)
     return policy.encoder, policy.engine

@@ -1,4 +1,5 @@
-"""Rollout throughput: the vLLM engine with memory W=20, the vLLM engine keeping all video, and
+"""Rollout throughput: the vLLM engine with memory W=20 (eviction blocks B=1 and B=8, rewriting
+the context, or B=1 masking it: ``memory.eviction=mask``), the vLLM engine keeping all video, and
 the transformers engine with W=20, on the same streams in one run.
 
 Reports video-seconds watched per second (over all G trajectories), generated tokens/s,
@@ -31,18 +32,23 @@ CONFIGS = [  # (name, engine, memory)
     ("transformers, W=20", "transformers", dict(window=20)),
     ("vLLM, W=20", "vllm", dict(window=20)),
     ("vLLM, all video", "vllm", dict(keep_all_video=True)),
+    ("vLLM, W=20 B=8", "vllm", dict(window=20, block=8)),
+    ("vLLM, W=20 mask", "vllm", dict(window=20, eviction="mask")),  # ThinkStream's RCSM, span-masked
+    ("transformers, W=20 mask", "transformers", dict(window=20, eviction="mask")),
 ]
 
 
 def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict, profile: int = 0) -> dict:
     cfg = rollout_config(s, group=group, **memory)
     n_chunks = max(int(np.ceil(r.meta["duration_s"])) for r in rows)
-    if engine_name not in stack_cache:
+    key = (engine_name, cfg.memory.eviction)  # the mask runs vLLM's FlexAttention with the span plugin
+    if key not in stack_cache:
         stack_cache.clear()  # one engine on the GPU at a time
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        stack_cache[engine_name] = stack(s, engine_name, max_videos=n_chunks + 1)
-    encoder, engine = stack_cache[engine_name]
+        stack_cache[key] = stack(s, engine_name, max_videos=n_chunks + 1, memory=cfg.memory)
+    encoder, engine = stack_cache[key]
+    engine.reset_prefix_cache()  # no hits left over from the previous configuration
     # the model call: vLLM's LLM.generate, or HF generate on the transformers engine's module
     inner = (engine.llm, "generate") if isinstance(engine, VLLMEngine) else (engine.model, "generate")
     prof = cProfile.Profile() if profile else None
@@ -74,8 +80,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=1, help="streams (each rolled out G times)")
     p.add_argument("--seconds", type=int, default=60, help="video length, seconds")
     p.add_argument("--group", type=int, default=8, help="G, trajectories per stream")
-    p.add_argument("--configs", nargs="+", choices=[c[0] for c in CONFIGS], default=[c[0] for c in CONFIGS],
-                   help="configurations to run (ratios are to the first one run)")  # fmt: skip
+    p.add_argument("--configs", nargs="+", choices=[c[0] for c in CONFIGS], default=[c[0] for c in CONFIGS[:3]],
+                   help="configurations to run (ratios are to the first one run; default the first three)")  # fmt: skip
     p.add_argument("--profile", type=int, default=0, metavar="N", help="list the N costliest functions")
     args = p.parse_args(argv)
     s = setup(args)

@@ -132,6 +132,14 @@ class MemoryConfig:
         """The first turn of the packing block holding ``turn`` (:meth:`Memory.block_start`)."""
         return self.policy.block_start(self, turn)
 
+    @property
+    def cache_salt(self) -> str | None:
+        """What a prefix cache must key on beside the tokens: under ``eviction=mask`` a prefix's
+        keys and values depend on the masks, which the policy and W, B decide; None otherwise."""
+        if self.eviction != "mask":
+            return None
+        return f"{self.name}:mask:W{self.window_chunks}:B{self.evict_block}:all{int(self.keep_all_video)}"
+
     def max_videos(self, max_chunks: int) -> int:
         """Most chunk videos one prompt holds in streams of at most ``max_chunks`` chunks (the
         engine's per-prompt video limit; :meth:`Memory.max_videos`)."""

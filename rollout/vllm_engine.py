@@ -44,6 +44,7 @@ import torch
 
 from streamreason.errors import ConfigError
 from streamreason.modeling import require_protocol_tokens
+from streamreason.rollout import vllm_span_mask
 from streamreason.rollout.engine import (
     BudgetCut,
     Engine,
@@ -122,6 +123,10 @@ class VLLMEngine(Engine):
         skip_mm_profiling: profile memory with the language model only (vLLM's
             ``skip_mm_profiling``): a faster start; the vision encoder's activations must fit
             outside ``gpu_memory_utilization``.
+        span_masks: requests may carry masked spans (``memory.eviction=mask``): vLLM runs its
+            FlexAttention backend with this project's plugin (:mod:`streamreason.rollout.vllm_span_mask`).
+        cache_salt: salts every request's prefix-cache hashes (the memory settings that shape
+            the masks: a prefix's keys and values depend on them).
 
     Raises:
         ConfigError: the checkpoint's tokenizer lacks the protocol tags (or its model the rows
@@ -139,7 +144,8 @@ class VLLMEngine(Engine):
         self, model_dir: str, tokenizer, *, max_videos: int = 32, dtype: str = "bfloat16",
         gpu_memory_utilization: float = 0.5, max_model_len: int = 0, enforce_eager: bool = False,
         enable_prefix_caching: bool = True, tensor_parallel_size: int = 1, seed: int = 0,
-        load_format: str = "auto", skip_mm_profiling: bool = False,
+        load_format: str = "auto", skip_mm_profiling: bool = False, span_masks: bool = False,
+        cache_salt: str | None = None,
     ):  # fmt: skip
         require_protocol_tokens(model_dir)
         if not torch.cuda.is_available():
@@ -152,6 +158,11 @@ class VLLMEngine(Engine):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.vllm = vllm
         kwargs = dict(max_model_len=max_model_len) if max_model_len else {}
+        if span_masks:
+            os.environ[vllm_span_mask.ENV_FLAG] = "1"  # the plugin's switch, in every vLLM process
+            vllm_span_mask.register()  # this process's engine core (in-process) even without the entry point
+            kwargs["attention_backend"] = "FLEX_ATTENTION"
+        self.span_masks, self.cache_salt = span_masks, cache_salt
         self.llm = vllm.LLM(
             model=str(model_dir), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
@@ -191,6 +202,8 @@ class VLLMEngine(Engine):
         prompts = []
         for r, tail in zip(requests, tails):
             prompt = {"prompt_token_ids": collapse_placeholders(r.prompt_ids + tail, self.placeholders)}
+            if self.cache_salt:
+                prompt["cache_salt"] = self.cache_salt
             if r.videos:
                 check_video_timing(r.videos, self.model_type)
                 prompt["multi_modal_data"] = {"video": vllm_videos(r.videos)}
@@ -199,6 +212,12 @@ class VLLMEngine(Engine):
                 prompt["mm_processor_kwargs"] = {"do_resize": False}
             prompts.append(prompt)
         params = [self._params(sampling, m) for m in max_tokens]
+        for r, p in zip(requests, params):
+            if r.masked_spans:
+                if not self.span_masks:
+                    raise ConfigError("a request has masked spans (memory.eviction=mask) but the vLLM engine was "
+                                      "built without span_masks=True")  # fmt: skip
+                p.extra_args = {vllm_span_mask.SPANS_KEY: [list(s) for s in r.masked_spans]}
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         for r, tail, out in zip(requests, tails, outs):
             if list(out.prompt_token_ids) != r.prompt_ids + tail:

@@ -100,7 +100,7 @@ def build_policy(
     from streamreason.modeling import check_model_dir, load_policy, random_policy
     from streamreason.rollout.engine import make_engine
 
-    ec = cfg.engine
+    ec, mem = cfg.engine, cfg.rollout.memory
     device = resolve_device(ec.device)
     seed = ec.seed if seed is None else seed
     torch_dtype = getattr(torch, dtype or ec.dtype)
@@ -120,6 +120,7 @@ def build_policy(
             enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
             skip_mm_profiling=ec.skip_mm_profiling,
             tensor_parallel_size=ec.tensor_parallel_size, seed=seed,
+            span_masks=mem.eviction == "mask", cache_salt=mem.cache_salt,
         )  # fmt: skip
     else:
         model, processor = load(cfg.model, dtype=torch_dtype, device=device)
