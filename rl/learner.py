@@ -116,6 +116,13 @@ def gather(items: list) -> list:
     return [x for part in out for x in part]
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in one process): e.g. all ranks have looked at a run
+    directory before one of them writes into it."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 class Learner:
     """Trains the policy on :class:`~streamreason.rl.rows.TrainRow` batches.
 

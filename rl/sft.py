@@ -20,7 +20,7 @@ import numpy as np
 from streamreason.envs.stream import ChunkPlan, EnvConfig
 from streamreason.envs.video import probe_video
 from streamreason.errors import ConfigError
-from streamreason.rl.learner import shard
+from streamreason.rl.learner import barrier, shard
 from streamreason.rl.metrics import MetricsLogger
 from streamreason.rl.rows import TrainRow, build_rows
 from streamreason.rl.training import PolicyTrainer
@@ -178,6 +178,7 @@ class SFTTrainer(PolicyTrainer):
         cfg, sc = self.cfg, self.cfg.sft
         if self.run.holds_run():
             raise ConfigError(f"{self.run.path} already holds a run: set another trainer.run_dir")
+        barrier()  # every rank has looked before rank 0 writes the status
         rows, _ = load_rows(cfg.data.train)
         train, failures = sft_rows(shard(rows), pool=self.pool, encoder=self.policy.encoder, cfg=cfg.rollout)
         by_row: dict[int, list] = {}

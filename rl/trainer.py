@@ -37,7 +37,7 @@ from streamreason.errors import ConfigError
 from streamreason.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from streamreason.rl.evaluate import evaluate, summarize, trajectory_stats
 from streamreason.rl.grpo import group_advantages, informative_groups
-from streamreason.rl.learner import Learner, gather, shard
+from streamreason.rl.learner import Learner, barrier, gather, shard
 from streamreason.rl.metrics import MetricsLogger
 from streamreason.rl.rows import build_rows, noop_row
 from streamreason.rl.training import PolicyTrainer
@@ -160,6 +160,7 @@ class GRPOTrainer(PolicyTrainer):
             raise ConfigError(
                 f"{self.run.path} already holds a run: pass --resume, or set another trainer.run_dir"
             )
+        barrier()  # every rank has looked before rank 0 writes the status
         logger = MetricsLogger(
             self.run.path, tensorboard=tc.tensorboard, wandb_project=tc.wandb_project, rank=self.rank
         )
@@ -178,6 +179,7 @@ class GRPOTrainer(PolicyTrainer):
 
         bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="grpo", disable=self.rank != 0)
         last_eval: dict[str, float] = {}
+        stopped = False
         for step in bar:
             t0 = time.perf_counter()
             batch = [train_rows[i] for i in sampler.take(tc.rows_per_step)]
@@ -190,14 +192,16 @@ class GRPOTrainer(PolicyTrainer):
             done = step + 1 == tc.steps
             if done or (tc.eval_every and (step + 1) % tc.eval_every == 0):
                 last_eval = self._eval_and_log(eval_rows, logger, step + 1)
-            if done or self.stop_requested or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0):
+            stop = self.stop_requested  # read once: a SIGTERM from here on stops after the next step
+            if done or stop or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0):
                 self._checkpoint(learner, sampler, step + 1)
             if self.rank == 0:
                 self.run.update(step + 1)
-            if self.stop_requested:
+            if stop:
+                stopped = True
                 break
         logger.close()
-        if self.stop_requested:
+        if stopped:
             if self.rank == 0:
                 self.run.stop()
         else:
