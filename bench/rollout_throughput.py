@@ -43,7 +43,9 @@ def measure(s, rows, engine_name, memory: dict, group: int, stack_cache: dict, p
     n_chunks = max(int(np.ceil(r.meta["duration_s"])) for r in rows)
     key = (engine_name, cfg.memory.eviction)  # the mask runs vLLM's FlexAttention with the span plugin
     if key not in stack_cache:
-        stack_cache.clear()  # one engine on the GPU at a time
+        for _, old in stack_cache.values():  # one engine on the GPU at a time
+            old.close()
+        stack_cache.clear()
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
         stack_cache[key] = stack(s, engine_name, max_videos=n_chunks + 1, memory=cfg.memory)

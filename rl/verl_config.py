@@ -116,7 +116,18 @@ def verl_overrides(
         agent_loop_config: YAML that registers our agent loop with verl.
         run_dir: run directory; checkpoints go to ``run_dir/checkpoints``, and its name is the
             experiment name.
+
+    Raises:
+        ConfigError: ``rollout.memory.eviction=mask``: verl 0.9.1's actor scores each output with
+            a plain causal mask (``verl/workers/actor``: no per-sample attention mask without a
+            fork), so it cannot train a span-masked trajectory row; use ``eviction=rewrite``.
     """
+    if cfg.rollout.memory.eviction == "mask":
+        raise ConfigError(
+            "trainer.backend=verl does not support rollout.memory.eviction=mask: verl 0.9.1's actor computes "
+            "log-probs with a plain causal mask, not the span mask a masked trajectory row needs; set "
+            "rollout.memory.eviction=rewrite (one row per eviction block), or train with trainer.backend=local"
+        )
     prompt_length, response_length = context_lengths(cfg)
     sampling, optim, rl, trainer = cfg.rollout.sampling, cfg.optim, cfg.rl, cfg.trainer
     top_k = sampling.top_k if sampling.top_k > 0 else -1  # vLLM: -1 disables top-k, 0 is invalid

@@ -314,6 +314,11 @@ class Engine:
         """
         raise NotImplementedError(f"{type(self).__name__} holds no policy module (shares_policy is False)")
 
+    def close(self) -> None:
+        """Release what the engine holds on the device, so that another engine can start in this
+        process (benchmarks switch engines). Engines sharing the policy module have nothing of
+        their own to release."""
+
     def reset_prefix_cache(self) -> None:
         """Drop the cached prompt prefixes, so that the next prompts are computed afresh (a
         benchmark's runs start alike). Engines without a prefix cache have nothing to drop."""

@@ -260,6 +260,15 @@ class VLLMEngine(Engine):
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
 
+    def close(self) -> None:
+        """Shut the in-process engine core down and free its GPU memory (weights, KV cache,
+        CUDA graphs), as vLLM's own tests do between engines (``cleanup_dist_env_and_memory``)."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        cleanup_dist_env_and_memory()
+
     def reset_prefix_cache(self) -> None:
         """Drop vLLM's cached prompt prefixes (the encoder cache stays: same weights)."""
         self.llm.reset_prefix_cache()

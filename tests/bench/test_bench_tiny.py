@@ -80,3 +80,10 @@ def test_loop_overhead_lists_where_the_loop_spends_its_time(tmp_path, monkeypatc
         rows[0]["function"] == "whole loop" and rows[0]["% of loop"] == 100.0 and rows[0]["ms per step"] > 0
     )
     assert len(rows) > 2 and all(0 < r["% of loop"] <= 100 for r in rows)
+
+
+def test_train_rows_packs_a_masked_trajectory_into_one_row(tmp_path, monkeypatch):
+    rows = {r["memory"]: r for r in _run("train_rows", tmp_path, monkeypatch)}
+    assert rows["mask, B=1"]["rows"] == 1 and rows["mask, B=1"]["x trajectory"] == 1.0
+    assert rows["rewrite, B=1"]["rows"] > rows["rewrite, B=8"]["rows"] >= 1
+    assert rows["rewrite, B=1"]["training tokens"] > rows["mask, B=1"]["training tokens"]

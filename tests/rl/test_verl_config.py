@@ -33,7 +33,17 @@ REQUIRED = ["model=/models/qwen2.5-vl-3b-sft", "data.train=/data/train.jsonl", "
 
 
 def thinkstream(*overrides):
-    return load_config(RECIPES / "thinkstream_rlvr.yaml", [*REQUIRED, *overrides])
+    """The ThinkStream recipe as the verl backend runs it: ``eviction=rewrite`` (verl refuses ``mask``)."""
+    return load_config(
+        RECIPES / "thinkstream_rlvr.yaml", [*REQUIRED, "rollout.memory.eviction=rewrite", *overrides]
+    )
+
+
+def test_verl_refuses_mask_eviction_and_names_rewrite():
+    cfg = load_config(RECIPES / "thinkstream_rlvr.yaml", REQUIRED)
+    assert cfg.rollout.memory.eviction == "mask"  # the recipe's own memory
+    with pytest.raises(ConfigError, match="eviction=mask.*rollout.memory.eviction=rewrite"):
+        verl_overrides(cfg, **PATHS)
 
 
 def tiny(*overrides):
