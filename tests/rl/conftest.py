@@ -44,3 +44,17 @@ def sft_model_dir(tiny_model_dir, synth_splits, tmp_path_factory):
 def small_overrides(sft_model_dir, synth_splits, tmp_path):
     """Overrides that make the demo recipe a few-second run from the SFT checkpoint."""
     return _small(sft_model_dir, synth_splits, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, synth_splits):
+    """``(model, processor, encoder, rows)``: the tiny policy (fp32, CPU; one per test module, as
+    tests train it), its watch-think-speak encoder and three synthetic rows."""
+    from streamreason.modeling import load_policy
+    from streamreason.rollout.chat import ChatEncoder
+    from streamreason.rollout.protocol import get_protocol
+    from streamreason.types import read_rows
+
+    model, processor = load_policy(tiny_model_dir)
+    rows, _ = read_rows(synth_splits[0])
+    return model, processor, ChatEncoder(processor, get_protocol("watch_think_speak")), rows[:3]

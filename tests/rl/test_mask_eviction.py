@@ -19,23 +19,12 @@ from streamreason.rl.grpo import GRPOConfig
 from streamreason.rl.learner import Learner, OptimConfig
 from streamreason.rl.rows import build_rows, collate
 from streamreason.rollout.attention import mrope_positions
-from streamreason.rollout.chat import ChatEncoder
 from streamreason.rollout.engine import SamplingConfig, TransformersEngine
 from streamreason.rollout.loop import RolloutConfig, run_rollouts
 from streamreason.rollout.memory import MemoryConfig
-from streamreason.rollout.protocol import ProtocolConfig, get_protocol
-from streamreason.types import read_rows
+from streamreason.rollout.protocol import ProtocolConfig
 
 ENV = EnvConfig(min_pixels=56 * 56, max_pixels=112 * 112, max_chunks=8)
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir, synth_splits):
-    from streamreason.modeling import load_policy
-
-    model, processor = load_policy(tiny_model_dir)
-    rows, _ = read_rows(synth_splits[0])
-    return model, processor, ChatEncoder(processor, get_protocol("watch_think_speak")), rows[:3]
 
 
 def _rollout(setup, window, block, group=2):

@@ -12,23 +12,13 @@ from streamreason.rl.grpo import GRPOConfig
 from streamreason.rl.learner import Learner, OptimConfig
 from streamreason.rl.rows import build_rows
 from streamreason.rl.sft import decision_labels, gold_turn, sft_rows
-from streamreason.rollout.chat import ChatEncoder
 from streamreason.rollout.engine import SamplingConfig, TransformersEngine
 from streamreason.rollout.loop import RolloutConfig, run_rollouts
 from streamreason.rollout.memory import MemoryConfig
-from streamreason.rollout.protocol import ProtocolConfig, get_protocol
-from streamreason.types import Query, StreamRow, Thought, read_rows
+from streamreason.rollout.protocol import ProtocolConfig
+from streamreason.types import Query, StreamRow, Thought
 
 ENV = EnvConfig(min_pixels=56 * 56, max_pixels=112 * 112, max_chunks=8)
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_model_dir, synth_splits):
-    from streamreason.modeling import load_policy
-
-    model, processor = load_policy(tiny_model_dir)
-    rows, _ = read_rows(synth_splits[0])
-    return model, processor, ChatEncoder(processor, get_protocol("watch_think_speak")), rows[:3]
 
 
 @pytest.mark.parametrize("window, block", [(3, 2), (2, 1), (20, 1)])
