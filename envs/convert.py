@@ -160,7 +160,9 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
     VST asks its question once, on the last turn, after the whole video: the query is asked and
     answerable at ``extra_info.duration`` seconds. ``data_source`` is the answer type
     (``multiple choice``: ground truth ``["A."]`` becomes ``"A"``; ``yes or no``: ``"yes"``/``"no"``;
-    ``numerical``: the number as written). A trailing ``\\boxed{}`` instruction is removed from
+    ``numerical``: the number as written, or the text when it is no plain number, e.g. ``1/2``,
+    which VST grades with mathruler). ``meta["ground_truth"]`` keeps VST's own list form
+    (``["B."]``) for its ``compute_score`` (a verl-signature custom reward). A trailing ``\\boxed{}`` instruction is removed from
     the prompt: our protocol answers after ``<response>``.
     """
     import pyarrow.parquet as pq
@@ -183,8 +185,8 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
             reward_model = d.get("reward_model") or {}
             if not isinstance(reward_model, dict):
                 raise RowError(where, f"'reward_model' must be a struct, got {type(reward_model).__name__}")
-            gt = reward_model.get("ground_truth")
-            gt = gt[0] if isinstance(gt, list) and gt else gt
+            raw_gt = reward_model.get("ground_truth")
+            gt = raw_gt[0] if isinstance(raw_gt, list) and raw_gt else raw_gt
             if not isinstance(gt, str) or not gt.strip():
                 raise RowError(where, "missing 'reward_model.ground_truth'")
             extra = d.get("extra_info") or {}
@@ -200,6 +202,8 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
                 raise RowError(where, f"'data_source' must be a string, got {type(source).__name__}")
             kind = _VST_KINDS.get(source)
             answer = parse_answer(gt, kind) if kind else gt.strip()
+            if answer is None and kind == "number":  # "1/2", "\frac{1}{2}": VST grades them with mathruler
+                answer = gt.strip()
             if answer is None:
                 raise RowError(where, f"ground truth {gt!r} is not a {source!r} answer")
         except RowError as e:
@@ -208,7 +212,9 @@ def read_vst(path: Path) -> Iterator[tuple[str, list[StreamRow] | RowError]]:
         rid = str(extra.get("origin_id") or extra.get("index") or f"vst-{i}")
         text = _BOXED_INSTRUCTION.sub("", prompt.strip())
         q = Query(text=text, time_s=duration, answer=answer, answer_time_s=duration)
-        meta = {"data_source": source, "duration": duration}
+        # VST's compute_score reads ground_truth[0] of its own list form: keep it for verl-signature rewards
+        truth = [str(x) for x in raw_gt] if isinstance(raw_gt, list) else [gt]
+        meta = {"data_source": source, "duration": duration, "ground_truth": truth}
         yield where, [StreamRow(id=rid, video_path=video, queries=[q], task=source, meta=meta)]
 
 

@@ -150,10 +150,22 @@ def test_vst_parquet_rows_ask_at_the_end_of_the_video(tmp_path):
 
     src = tmp_path / "train.parquet"
     _vst_table(src, [row("multiple choice", "B."), row("yes or no", "Yes", oid="o2"), row("numerical", "12", oid="o3"),
-                     row("multiple choice", "B.", duration=0.0, oid="o4"), row("yes or no", "maybe", oid="o5")])  # fmt: skip
+                     row("multiple choice", "B.", duration=0.0, oid="o4"), row("yes or no", "maybe", oid="o5"),
+                     row("numerical", "1/2", oid="o6")])  # fmt: skip
     report = convert("vst", src, tmp_path / "vst.jsonl", video_root="/data/vst")
-    assert [r.id for r in report.rows] == ["o1", "o2", "o3"]
-    assert [r.queries[0].answer for r in report.rows] == ["B", "yes", "12"]
+    assert [r.id for r in report.rows] == ["o1", "o2", "o3", "o6"]
+    assert [r.queries[0].answer for r in report.rows] == [
+        "B",
+        "yes",
+        "12",
+        "1/2",
+    ]  # a fraction stays text (mathruler grades it)
+    assert [r.meta["ground_truth"] for r in report.rows] == [
+        ["B."],
+        ["Yes"],
+        ["12"],
+        ["1/2"],
+    ]  # VST's own form
     q = report.rows[0].queries[0]
     assert q.text == "What is in the box?\nA. cat\nB. dog" and q.time_s == q.answer_time_s == 87.3
     assert (
