@@ -24,6 +24,7 @@ from streamreason.rewards.thinkstream import (
     thinkstream_outcomes,
     thinkstream_timing_reward,
 )
+from streamreason.rewards.vst import vst_correctness_reward
 
 __all__ = [
     "THINKSTREAM_WEIGHTS",
@@ -50,4 +51,5 @@ __all__ = [
     "thinkstream_timing_reward",
     "timing_asymmetric_reward",
     "timing_reward",
+    "vst_correctness_reward",
 ]

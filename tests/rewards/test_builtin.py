@@ -18,7 +18,7 @@ from streamreason.types import Query
 def test_builtins_are_registered():
     assert list_rewards() == sorted(
         ["format", "correctness", "timing", "timing_asymmetric", "efficiency", "response_count"]
-        + ["thinkstream_correctness", "thinkstream_timing", "thinkstream_efficiency"]
+        + ["thinkstream_correctness", "thinkstream_timing", "thinkstream_efficiency", "vst_correctness"]
     )
     assert get_reward("timing") is timing_reward
 
