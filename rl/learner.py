@@ -123,6 +123,70 @@ def barrier() -> None:
         dist.barrier()
 
 
+ALPHA_COUNTS = ("step", "trajectory")
+"""Where :meth:`Learner.sft_update` counts the decision classes for α (``sft.alpha_counts``)."""
+
+
+def state_alphas(decisions: list[np.ndarray | None], groups: list) -> list[dict[int, float]]:
+    """Per row, the class-balance weight of each decision class, from its group's class counts.
+
+    Streamo's frequency balancing of the state tokens (arXiv 2512.21334, the focal loss of its
+    training objective; maifoundations/Streamo ``swift/plugin/loss.py`` ``stream_focal_loss``,
+    ``auto_alpha``)::
+
+        α_c = (Σ_j n_j) / (C · n_c)
+
+    with ``n_c`` the state tokens of class ``c`` in the group and ``C`` the classes present in
+    it: the paper writes 1/3 for its three states, its code divides by the classes present, as
+    here. ``Σ_c n_c α_c = Σ_j n_j``: balancing moves weight between classes, not in total.
+
+    Args:
+        decisions: per row, int ``[L]`` class ids (-1: not a decision token), or None.
+        groups: per row, the key of the group it is counted with: one key for all rows counts
+            the batch (``sft.alpha_counts=step``); a row's ``traj_index`` counts each trajectory
+            alone (``trajectory``), as Streamo's loss does: it runs on one forward, and
+            ``train.sh`` gives each forward one video (``per_device_train_batch_size 1``).
+
+    Returns:
+        One ``{class id: α}`` per row (empty for a row without decision labels).
+
+    Example (4 silent, 1 response, 1 standby in one group; then per row):
+
+    >>> rows = [np.array([0, 0, 0, 1, -1]), np.array([0, 2])]
+    >>> state_alphas(rows, [0, 0])[1]
+    {0: 0.5, 1: 2.0, 2: 2.0}
+    >>> [{c: round(a, 3) for c, a in d.items()} for d in state_alphas(rows, [0, 1])]
+    [{0: 0.667, 1: 2.0}, {0: 1.0, 2: 1.0}]
+    """
+    labels: dict = {}
+    for d, g in zip(decisions, groups):
+        if d is not None:
+            labels.setdefault(g, []).append(d[d >= 0])
+    alpha = {}
+    for g, parts in labels.items():
+        classes, counts = np.unique(np.concatenate(parts).astype(np.int64), return_counts=True)
+        alpha[g] = {int(c): float(counts.sum() / (len(classes) * n)) for c, n in zip(classes, counts)}
+    return [alpha.get(g, {}) if d is not None else {} for d, g in zip(decisions, groups)]
+
+
+def focal_weights(logp: torch.Tensor, alpha: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Streamo's weight of a state token, ``w = α_c (1 − p_c)^γ`` with ``p_c = exp(logp)`` the
+    probability of the gold state token (arXiv 2512.21334; ``stream_focal_loss``: ``pt`` from
+    the softmax over the vocabulary, ``focal_weight = (1 - pt) ** gamma``). Elementwise.
+
+    Not detached, as there: ``−w · log p`` is the focal loss (Lin et al., 2017) and its gradient
+    goes through ``(1 − p)^γ``: ``d(−α (1 − p)^γ log p) / d log p = −α (1 − p)^γ + α γ p (1 − p)^(γ−1) log p``
+    (−1.193 at p = 0.5, α = 2, γ = 2, against −0.5 for a detached weight). ``1 − p`` is floored at
+    1e-12 so that γ < 1 keeps a finite gradient at p = 1.
+
+    >>> focal_weights(torch.log(torch.tensor([0.5, 0.9])), torch.tensor([2.0, 0.5]), 2.0)
+    tensor([0.5000, 0.0050])
+    """
+    if gamma == 0:
+        return alpha
+    return alpha * (-torch.expm1(logp)).clamp_min(1e-12) ** gamma
+
+
 class Learner:
     """Trains the policy on :class:`~streamreason.rl.rows.TrainRow` batches.
 
@@ -377,26 +441,35 @@ class Learner:
         }
 
     def sft_update(
-        self, rows: list[TrainRow], balance: bool = True, focal_gamma: float = 0.0
+        self, rows: list[TrainRow], balance: bool = True, focal_gamma: float = 0.0, alpha_counts: str = "step"
     ) -> dict[str, float]:
         """One optimizer step of weighted cross-entropy on the rows' masked tokens.
 
         Every target token has weight 1 except the decision token of each turn (``<silent>``,
-        ``<response>``, ``<standby>``), weighted for class balance as Streamo does:
-        ``w = α_c (1 − p_c)^γ`` with ``α_c = (1/C) Σ_j n_j / n_c`` over the C classes present in
-        the batch (``balance``), and ``γ = focal_gamma`` (Streamo: 2; 0 = no focal term).
-        Loss = Σ w·(−log p) / (masked tokens in the global batch); one backward per micro-batch.
+        ``<response>``, ``<standby>``), weighted as Streamo weights its state tokens (arXiv
+        2512.21334; ``swift/plugin/loss.py`` ``stream_focal_loss``): ``w = α_c (1 − p_c)^γ``,
+        ``α_c`` from the class counts of the step's rows or of each trajectory (``alpha_counts``,
+        :func:`state_alphas`; 1 without ``balance``) and the focal term with γ = ``focal_gamma``
+        (Streamo: 2; 0 = none; :func:`focal_weights`, gradient through ``(1 − p)^γ``).
+        Loss = Σ w·(−log p) / (masked tokens in the global batch), Streamo's normalisation too
+        (``weighted_loss.sum() / num_items_in_batch``); one backward per micro-batch.
 
         Returns:
-            ``loss``, ``decision_acc`` (p > 0.5 on decision tokens), ``grad_norm``, ``lr``,
+            ``loss``, ``decision_acc`` (p > 0.5 on decision tokens), ``decision_focal`` (mean
+            ``(1 − p)^γ`` on them, before the step), ``grad_norm``, ``lr``,
             ``skipped_nonfinite`` (1 when a NaN or inf loss or gradient skipped the step).
+
+        Raises:
+            ValueError: ``alpha_counts`` is not one of :data:`ALPHA_COUNTS`.
         """
+        if alpha_counts not in ALPHA_COUNTS:
+            raise ValueError(f"alpha_counts must be one of {ALPHA_COUNTS}, got {alpha_counts!r}")
         self.model.train()
-        labels = np.concatenate([r.decision[r.decision >= 0] for r in rows if r.decision is not None] or [[]])
-        classes, counts = np.unique(labels.astype(np.int64), return_counts=True)
-        alpha = {int(c): counts.sum() / (len(classes) * n) for c, n in zip(classes, counts)}
+        groups = [r.traj_index if alpha_counts == "trajectory" else 0 for r in rows]
+        alphas = state_alphas([r.decision for r in rows], groups) if balance else [{} for _ in rows]
+        alpha_of = {id(r): a for r, a in zip(rows, alphas)}
         tokens = _all_reduce(float(sum(r.num_loss_tokens for r in rows)))
-        loss_sum, hits, n_dec = 0.0, 0, 0
+        loss_sum, hits, n_dec, focal_sum = 0.0, 0, 0, 0.0
         micros = self._micro_batches(rows)
         vision = self._vision(self.model, [r for m, _ in micros for r in m], grad=True)
         for micro, _ in micros:
@@ -405,15 +478,15 @@ class Learner:
             dec = batch["decision"].to(self.device)
             is_dec = dec >= 0
             if is_dec.any():
-                a = torch.ones_like(w)
-                if balance:
-                    for c, v in alpha.items():
-                        a[dec == c] = v
-                if focal_gamma > 0:
-                    a = a * (1 - logp.detach().exp()).clamp_min(0) ** focal_gamma
-                w = torch.where(is_dec, a, w)
+                alpha = torch.ones_like(w)
+                for j, r in enumerate(micro):
+                    for c, v in alpha_of.get(id(r), {}).items():
+                        alpha[j][dec[j] == c] = v
+                w = torch.where(is_dec, focal_weights(logp, alpha, focal_gamma), w)
                 hits += int((logp[is_dec] > math.log(0.5)).sum())
                 n_dec += int(is_dec.sum())
+                lp = logp[is_dec].detach()
+                focal_sum += float(focal_weights(lp, torch.ones_like(lp), focal_gamma).sum())
             loss = (
                 -(w * logp).sum() / max(tokens, 1.0) * self.world_size
             )  # FSDP averages gradients over ranks
@@ -421,7 +494,8 @@ class Learner:
             loss_sum += float(loss.detach()) / self.world_size
         if vision is not None:
             vision.backward()
-        metrics = {"loss": _all_reduce(loss_sum), "decision_acc": hits / max(n_dec, 1)}
+        metrics = {"loss": _all_reduce(loss_sum), "decision_acc": hits / max(n_dec, 1),
+                   "decision_focal": focal_sum / max(n_dec, 1)}  # fmt: skip
         metrics.update(self._step(math.isfinite(loss_sum)))
         return metrics
 

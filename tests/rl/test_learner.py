@@ -1,6 +1,7 @@
 """The learner's old log-probs (rollout's or recomputed) and its seq-mean weighting, on the tiny model."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -113,3 +114,67 @@ def test_seq_mean_gradient_does_not_depend_on_micro_batches(bf16_rollout, mode):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_sft_state_weights_are_streamos_focal_loss_on_hand_numbers():
+    """Streamo's state-token weight (maifoundations/Streamo swift/plugin/loss.py stream_focal_loss,
+    auto_alpha, gamma=2): alpha_c = sum_j n_j / (C n_c) over the C states present, w = alpha (1 - p)^gamma,
+    the gradient through (1 - p)^gamma. Trajectory A: 4 silent, 1 response, 1 standby; B: 3 silent, 1 response."""
+    from streamreason.rl.learner import focal_weights, state_alphas
+
+    a, b = np.array([0, 0, -1, 0, 0, 1, 2]), np.array([0, -1, 0, 1, 0])
+    # per trajectory (sft.alpha_counts=trajectory): A 6 / (3 * 4), 6 / (3 * 1); B 4 / (2 * 3), 4 / (2 * 1)
+    assert state_alphas([a, b, None], [0, 1, 1]) == [
+        {0: 0.5, 1: 2.0, 2: 2.0},
+        {0: pytest.approx(2 / 3), 1: 2.0},
+        {},
+    ]
+    # per step: 7 silent, 2 response, 1 standby: 10 / 21, 10 / 6, 10 / 3
+    step = state_alphas([a, b], [0, 0])
+    assert (
+        step[0] == step[1] == {0: pytest.approx(10 / 21), 1: pytest.approx(10 / 6), 2: pytest.approx(10 / 3)}
+    )
+    # p = 0.5, alpha 2: w = 2 * 0.5^2 = 0.5; p = 0.9, alpha 0.5: w = 0.5 * 0.1^2 = 0.005
+    logp = torch.log(torch.tensor([0.5, 0.9], dtype=torch.float64)).requires_grad_()
+    w = focal_weights(logp, torch.tensor([2.0, 0.5], dtype=torch.float64), 2.0)
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.005], dtype=torch.float64))
+    loss = -(w * logp).sum()
+    assert float(loss.detach()) == pytest.approx(-(0.5 * math.log(0.5) + 0.005 * math.log(0.9)))
+    loss.backward()
+    # d(-alpha (1 - p)^2 log p) / d log p = -alpha (1 - p)^2 + 2 alpha p (1 - p) log p
+    expected = [
+        -2 * 0.25 + 2 * 2 * 0.5 * 0.5 * math.log(0.5),
+        -0.5 * 0.01 + 2 * 0.5 * 0.9 * 0.1 * math.log(0.9),
+    ]
+    assert logp.grad.tolist() == pytest.approx(expected)  # -1.1931, -0.0145 (detached: -0.5, -0.005)
+    assert focal_weights(logp, torch.tensor([2.0, 0.5]), 0.0).tolist() == [2.0, 0.5]  # gamma 0: alpha alone
+
+
+def test_sft_update_loss_is_the_streamo_weighted_cross_entropy(tiny_policy, synth_splits):
+    """``sft_update``'s loss on Streamo gold rows (three states) is sum w * (-log p) / loss tokens, with
+    w = alpha_c (1 - p)^2 on the state tokens (alpha per trajectory) and 1 on the other tokens."""
+    from streamreason.rl.learner import state_alphas
+    from streamreason.rl.sft import sft_rows
+
+    model, processor = tiny_policy
+    rows, _ = read_rows(synth_splits[0])
+    cfg = RolloutConfig(env=ENV, memory=MemoryConfig(keep_all_video=True),
+                        protocol=ProtocolConfig(name="streamo", think_budget=0))  # fmt: skip
+    with EnvPool(ENV, in_process=True) as pool:
+        train, _ = sft_rows(rows, pool=pool, encoder=ChatEncoder(processor, get_protocol("streamo")), cfg=cfg)
+    labels = np.concatenate([r.decision[r.decision >= 0] for r in train])
+    assert set(labels.tolist()) == {0, 1, 2}  # silent, response, standby
+    learner = Learner(copy.deepcopy(model), OptimConfig(lr=1e-3, warmup_ratio=0), GRPOConfig(micro_batch_rows=2),
+                      total_steps=1, pad_id=processor.tokenizer.pad_token_id)  # fmt: skip
+    logps = learner.logprobs(train)
+    alphas = state_alphas([r.decision for r in train], [r.traj_index for r in train])
+    total, focal = 0.0, []
+    for r, lp, alpha in zip(train, logps, alphas):
+        w = r.loss_mask.astype(np.float64)
+        for i in np.flatnonzero(r.decision >= 0):
+            focal.append((1 - math.exp(lp[i])) ** 2)
+            w[i] = alpha[int(r.decision[i])] * focal[-1]
+        total += float((w * -lp.astype(np.float64)).sum())
+    metrics = learner.sft_update(train, balance=True, focal_gamma=2.0, alpha_counts="trajectory")
+    assert metrics["loss"] == pytest.approx(total / sum(r.num_loss_tokens for r in train), rel=1e-4)
+    assert metrics["decision_focal"] == pytest.approx(np.mean(focal), rel=1e-4)
