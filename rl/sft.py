@@ -8,6 +8,8 @@ through the very loop, memory and chat encoding that GRPO uses, with a scripted 
 
 Silence dominates (one response per query against ~T silent turns), so the decision token of
 each turn is class-balanced and optionally focal-weighted (Streamo; ``Learner.sft_update``).
+Under a protocol with a standby state (``streamo``) the turns while a query waits for its answer
+are ``<standby>`` (:func:`gold_turn`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from streamreason.envs.stream import ChunkPlan, EnvConfig
 from streamreason.envs.video import probe_video
 from streamreason.errors import ConfigError
-from streamreason.rl.learner import barrier, shard
+from streamreason.rl.learner import ALPHA_COUNTS, barrier, shard
 from streamreason.rl.metrics import MetricsLogger
 from streamreason.rl.rows import TrainRow, build_rows
 from streamreason.rl.training import PolicyTrainer
@@ -43,21 +45,49 @@ class SFTConfig:
         epochs: passes over the training rows.
         lr: peak learning rate (ThinkStream's cold start: 1e-5 for Qwen2.5-VL-3B).
         rows_per_step: dataset rows per optimizer step.
-        balance_decisions: class-balance the decision token (silent vs response).
+        balance_decisions: class-balance the decision token: ``α_c = Σ_j n_j / (C · n_c)``
+            (``Learner.sft_update``).
+        alpha_counts: where the class counts ``n_c`` of ``α_c`` come from: ``step``, the
+            optimizer step's rows (on this rank); ``trajectory``, each trajectory's own turns, as
+            Streamo's code counts them (its loss sees one video per forward; see
+            :func:`~streamreason.rl.learner.state_alphas`).
         focal_gamma: Streamo's focal exponent on the decision token (0 = off, Streamo: 2).
+
+    Raises:
+        ConfigError: ``alpha_counts`` is not one of :data:`~streamreason.rl.learner.ALPHA_COUNTS`,
+            or ``focal_gamma`` < 0.
     """
 
     epochs: int = 3
     lr: float = 1e-5
     rows_per_step: int = 8
     balance_decisions: bool = True
+    alpha_counts: str = "step"
     focal_gamma: float = 0.0
+
+    def __post_init__(self):
+        if self.alpha_counts not in ALPHA_COUNTS:
+            raise ConfigError(
+                f"sft.alpha_counts must be one of {list(ALPHA_COUNTS)}, got {self.alpha_counts!r}"
+            )
+        if not self.focal_gamma >= 0:
+            raise ConfigError(f"sft.focal_gamma must be >= 0, got {self.focal_gamma!r}")
 
 
 def gold_turn(encoder: ChatEncoder, row: StreamRow, chunk_index: int, chunk_seconds: float,
               last_chunk: int | None = None) -> str:  # fmt: skip
     """The gold text of ``row``'s turn at ``chunk_index``: its think traces, then the answer of
-    the first query whose answer becomes correct in this chunk, else ``<silent>``.
+    the first query whose answer becomes correct in this chunk, else ``<standby>`` when the
+    protocol has that state and a query asked at or before this chunk is answered later, else
+    ``<silent>``. A turn without thoughts has an empty think span, or none when the protocol's
+    think span is optional (Streamo's turns are the state alone).
+
+    Standby: Streamo labels the frames of an annotated event ``</Standby>`` and answers in the
+    frame after it (``scripts/convert_streaming_video.py`` ``build_frame_states``: standby over
+    ``[st_time, end_time]``, response at ``end_time + 1``); our rows carry the question's time
+    and the answer's, not the event's start, so the span we mark is the question's wait
+    ``[chunk(time_s), chunk(answer_time_s))`` (Streamo's prompt: "the current input is relevant
+    but the question cannot yet be answered").
 
     Times at or past the stream's end (``last_chunk``, when given) belong to the last chunk,
     as the env shows queries there (ThinkStream's SFT data: the last chunk takes all remaining
@@ -67,12 +97,19 @@ def gold_turn(encoder: ChatEncoder, row: StreamRow, chunk_index: int, chunk_seco
     def chunk_of(t: float) -> int:
         return time_to_chunk(t, chunk_seconds, None if last_chunk is None else last_chunk + 1)
 
-    think = "; ".join(t.think for t in row.thoughts if chunk_of(t.time_s) == chunk_index)
+    protocol = encoder.protocol
+    think: str | None = "; ".join(t.think for t in row.thoughts if chunk_of(t.time_s) == chunk_index)
+    if not think and protocol.THINK_OPTIONAL:
+        think = None
+    waiting = False
     for q in sorted(row.queries, key=lambda q: q.time_s):
-        at = q.time_s if q.answer_time_s is None else q.answer_time_s
-        if q.answer is not None and chunk_of(at) == chunk_index:
-            return encoder.protocol.render(think, "response", q.answer)
-    return encoder.protocol.render(think, "silent")
+        if q.answer is None:
+            continue
+        at = chunk_of(q.time_s if q.answer_time_s is None else q.answer_time_s)
+        if at == chunk_index:
+            return protocol.render(think, "response", q.answer)
+        waiting |= chunk_of(q.time_s) <= chunk_index < at
+    return protocol.render(think, "standby" if waiting and "standby" in protocol.STATES else "silent")
 
 
 class ScriptedEngine(Engine):
@@ -216,7 +253,8 @@ class SFTTrainer(PolicyTrainer):
             order = rng.permutation(len(groups))
             for i in range(0, len(order), sc.rows_per_step):
                 batch = [r for g in order[i : i + sc.rows_per_step] for r in groups[g]]
-                metrics = learner.sft_update(batch, balance=sc.balance_decisions, focal_gamma=sc.focal_gamma)
+                metrics = learner.sft_update(batch, balance=sc.balance_decisions, focal_gamma=sc.focal_gamma,
+                                             alpha_counts=sc.alpha_counts)  # fmt: skip
                 step += 1
                 logger.log(step, {**metrics, "rows_failed": rows_failed}, prefix="sft/")
                 if self.rank == 0:

@@ -102,6 +102,11 @@ class Protocol:
     system_prompt: ClassVar[str]
     DECISION: ClassVar[re.Pattern]
     FORMAT: ClassVar[re.Pattern]
+    STATES: ClassVar[tuple[str, ...]] = ("silent", "response")
+    """The decisions a well-formed turn takes (:attr:`ParsedTurn.action`); SFT's gold turns use them."""
+    THINK_OPTIONAL: ClassVar[bool] = False
+    """A well-formed turn may leave out the think span (SFT's gold then writes none when a turn has
+    no thought)."""
 
     def chunk_header(self, start_s: float, end_s: float) -> str:
         """Time marker of a chunk; it stays in the context after the chunk's video is evicted."""
@@ -236,7 +241,13 @@ class WatchThinkSpeak(Protocol):
 
 @register_protocol("streamo")
 class Streamo(Protocol):
-    """Streamo's three states: Silence, Standby (evidence arriving), Response."""
+    """Streamo's three states: Silence, Standby (evidence arriving), Response.
+
+    Streamo (arXiv 2512.21334; maifoundations/Streamo) writes one state per 1 s frame,
+    ``</Silence>``, ``</Standby>`` or ``</Response> text`` (``scripts/convert_streaming_video.py``,
+    ``STATE_*``), with no think span; here the tags are ``<silent>``, ``<standby>``,
+    ``<response>`` and a think span may come first.
+    """
 
     system_prompt = (
         "You are watching a video stream, one chunk at a time. After each chunk, optionally think "
@@ -246,6 +257,8 @@ class Streamo(Protocol):
     )
     DECISION = re.compile(r"<response>.*\S.*|<silent>|<standby>", re.DOTALL)
     FORMAT = re.compile(rf"^(<think>.*?</think>)?({DECISION.pattern})$", re.DOTALL)
+    STATES = ("silent", "standby", "response")
+    THINK_OPTIONAL = True
 
     def read(self, text, errors):
         think, rest = None, text
