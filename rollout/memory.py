@@ -254,7 +254,7 @@ class Memory(ABC):
         return max_chunks
 
 
-_BUILTIN_MODULES: dict[str, str] = {}
+_BUILTIN_MODULES: dict[str, str] = {"vst": "streamreason.rollout.vst"}
 """Name -> module of the built-in policies defined in other modules, imported on first lookup."""
 _MEMORIES: Registry[type[Memory]] = Registry(
     "memory policy", config_key="rollout.memory.name", builtin_modules=_BUILTIN_MODULES

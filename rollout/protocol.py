@@ -9,7 +9,9 @@ parser of one assistant turn. Two are registered:
 * ``streamo`` (Streamo's three states): ``<silent>``, ``<standby>`` (evidence is arriving) or
   ``<response>text``, with an optional leading think span.
 
-Add one with ``@register_protocol("name")`` on a :class:`Protocol` subclass.
+Add one with ``@register_protocol("name")`` on a :class:`Protocol` subclass; one defined in
+another module also gets a line in ``_BUILTIN_MODULES`` below, so that a recipe naming it imports
+it (``vst``: VST's protocol, ``rollout/vst.py``).
 """
 
 from __future__ import annotations
@@ -156,7 +158,11 @@ class Protocol:
         raise NotImplementedError
 
 
-_PROTOCOLS: Registry[type[Protocol]] = Registry("protocol", config_key="rollout.protocol.name")
+_BUILTIN_MODULES: dict[str, str] = {"vst": "streamreason.rollout.vst"}
+"""Name -> module of the built-in protocols defined in other modules, imported on first lookup."""
+_PROTOCOLS: Registry[type[Protocol]] = Registry(
+    "protocol", config_key="rollout.protocol.name", builtin_modules=_BUILTIN_MODULES
+)
 
 
 def register_protocol(name: str):
