@@ -6,11 +6,12 @@ VST's rows carry the raw ground truth (``["A."]``, ``["Yes"]``), ours the conver
 (``data convert --from vst``: ``A``, ``yes``); each case gives both.
 """
 
+import doctest
 import random
 
 import pytest
 
-from streamreason.rewards import get_reward
+from streamreason.rewards import get_reward, vst
 from streamreason.rewards.composite import CompositeReward, RewardConfig
 from streamreason.rewards.vst import compute_score, vst_correctness_reward
 from streamreason.tests.rewards.official_vst import _default_compute_score as vst_compute_score
@@ -131,3 +132,7 @@ def test_an_episode_it_cannot_score_is_an_error():
         vst_correctness_reward(_episode([]))
     result = CompositeReward(RewardConfig(weights={"vst_correctness": 1.0}))(_episode(["x"], source=None))
     assert not result.ok and "vst_correctness" in result.error
+
+
+def test_the_docstring_examples_hold():
+    assert doctest.testmod(vst).failed == 0
