@@ -128,3 +128,22 @@ def test_positions_are_never_rebased(setup):
         inputs = traj.model_inputs(t)
         alone = mrope_positions(model, inputs)[:, 0, : len(traj.turns[t].prompt_ids)]
         assert torch.equal(alone, full[:, : alone.shape[1]]), f"turn {t}"
+
+
+def test_the_thinkstream_recipe_trains_with_mask_eviction(small_overrides, tmp_path):
+    """``recipes/thinkstream_rlvr.yaml`` (eviction=mask, B=1) end to end on the tiny model: two
+    GRPO steps whose rows are one per trajectory, trained under the span mask."""
+    from pathlib import Path
+
+    import streamreason.recipes
+    from streamreason.cli import main
+    from streamreason.rl.metrics import read_metrics
+
+    recipe = str(Path(streamreason.recipes.__file__).parent / "thinkstream_rlvr.yaml")
+    run = tmp_path / "ts"
+    main(["train", recipe, *small_overrides, f"trainer.run_dir={run}", "trainer.steps=2", "trainer.checkpoint_every=0",
+          "rollout.memory.window_chunks=2", "engine.dtype=float32", "optim.dtype=float32", "optim.gradient_checkpointing=false",
+          "rl.filter_zero_variance_groups=false"])  # fmt: skip
+    steps = [m for m in read_metrics(run / "metrics.jsonl") if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2] and all(np.isfinite(m["loss"]) for m in steps)
+    assert (run / "final" / "model.safetensors").is_file()
