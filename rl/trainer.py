@@ -150,7 +150,7 @@ class GRPOTrainer(PolicyTrainer):
     def _train(self, resume: bool) -> dict[str, float]:
         cfg, tc = self.cfg, self.cfg.trainer
         train_rows, bad_train = load_rows(cfg.data.train)
-        eval_rows, _ = load_rows(cfg.data.eval, cfg.data.eval_rows)
+        eval_rows = load_rows(cfg.data.eval, cfg.data.eval_rows)[0] if cfg.data.eval else []  # null: no eval
         updates_per_step = cfg.rl.ppo_epochs * cfg.rl.mini_batches
         learner = self.learner(tc.steps * updates_per_step, ref_model=self.ref_model)
         sampler = RowSampler(len(train_rows), tc.seed)
@@ -190,7 +190,7 @@ class GRPOTrainer(PolicyTrainer):
             logger.log(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics.get('reward', math.nan):.3f}")
             done = step + 1 == tc.steps
-            if done or (tc.eval_every and (step + 1) % tc.eval_every == 0):
+            if eval_rows and (done or (tc.eval_every and (step + 1) % tc.eval_every == 0)):
                 last_eval = self._eval_and_log(eval_rows, logger, step + 1)
             stop = self.stop_requested  # read once: a SIGTERM from here on stops after the next step
             if done or stop or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0):

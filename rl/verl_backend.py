@@ -103,6 +103,10 @@ def prepare_run(cfg, run_dir: Path, *, resume: bool = False, write_config: bool 
     from streamreason.rl.verl_agent import AGENT_NAME
     from streamreason.rl.verl_config import compose_verl_config
 
+    if not cfg.data.eval:
+        raise ConfigError(
+            "trainer.backend=verl needs data.eval (verl's val_files): pass data.eval=FILE.jsonl"
+        )
     if "resume_mode" in ((cfg.verl or {}).get("trainer") or {}):
         raise ConfigError("verl.trainer.resume_mode: set by `streamreason train --resume` (auto) or its absence "
                           "(disable); drop the key")  # fmt: skip

@@ -325,6 +325,8 @@ def _cmd_eval(args) -> None:
     if not args.recipe:
         raise StreamReasonError("eval needs a RECIPE (scores data.eval) or --benchmark")
     cfg = load_config(args.recipe, overrides)
+    if not cfg.data.eval:
+        raise StreamReasonError("eval RECIPE scores data.eval, which is null: pass data.eval=FILE.jsonl")
     rows, _ = load_rows(cfg.data.eval, cfg.data.eval_rows)
     res = Evaluator(cfg).run(rows, cfg.trainer.eval_samples)
     name = args.name or Path(cfg.model).name

@@ -33,10 +33,11 @@ from streamreason.errors import ConfigError
 @dataclass
 class DataConfig:
     """Datasets (JSONL rows in ThinkStream's format; relative video paths resolve against the
-    file's folder). ``eval_rows`` caps the eval split (0 = all)."""
+    file's folder). ``eval`` may be null: GRPO then runs no eval (``streamreason eval RECIPE``
+    needs one). ``eval_rows`` caps the eval split (0 = all)."""
 
     train: str = "data/synth/train/data.jsonl"
-    eval: str = "data/synth/eval/data.jsonl"
+    eval: str | None = "data/synth/eval/data.jsonl"
     eval_rows: int = 0
 
 

@@ -55,3 +55,18 @@ def test_grpo_builds_the_reference_model_sft_does_not(tiny_model_dir, tmp_path):
     assert _policy_modules() - before == 1  # the policy only
     assert sft.policy.engine is None  # SFT generates nothing: no engine (no vLLM started)
     sft.close()
+
+
+def test_a_null_eval_split_is_refused_where_an_eval_is_the_job(tmp_path, capsys):
+    import pytest
+
+    from streamreason.cli import main
+    from streamreason.errors import ConfigError
+    from streamreason.rl.verl_backend import prepare_run
+
+    tiny = str(Path(streamreason.recipes.__file__).parent / "tiny_synthetic.yaml")
+    with pytest.raises(SystemExit) as e:
+        main(["eval", tiny, "data.eval=null"])
+    assert e.value.code == 1 and "data.eval, which is null" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="trainer.backend=verl needs data.eval"):
+        prepare_run(load_config(tiny, ["data.eval=null"]), tmp_path / "run")
