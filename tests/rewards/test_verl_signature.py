@@ -241,6 +241,7 @@ def test_rollout_scores_the_final_turn_with_vst_and_a_toy_compute_score(tiny_mod
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "tiny_synthetic.yaml"
     main(["rollout", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
           "--recipe", str(recipe), "rollout.group_size=1", "rollout.env.max_chunks=3",
+          "env_pool.in_process=true",  # no Ray session left in the test process (test_sweep's `ray stop` would kill it)
           f"rewards.custom.vst={VST_SPEC}", "rewards.weights.vst=1",
           f"rewards.custom.toy={toy}:compute_score", f"rewards.params.toy.log={log}"])  # fmt: skip
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
