@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -333,9 +334,11 @@ class Learner:
 
     # -- updates ---------------------------------------------------------------------------
     def grpo_update(
-        self, rows: list[TrainRow], ref_logprobs: list[np.ndarray] | None = None
+        self, rows: list[TrainRow], ref_logprobs: list[np.ndarray] | None = None, progress: bool = False
     ) -> dict[str, float]:
         """``ppo_epochs`` × ``mini_batches`` optimizer steps of the clipped policy loss (verl).
+
+        ``progress`` shows a bar over the update's rows (all epochs) with training tokens/s.
 
         Rows are shuffled with torch's generator (checkpointed RNG) each epoch. The old
         log-probs, the PPO ratio's denominator, are the rollout's (``TrainRow.old_logprobs``), or
@@ -374,6 +377,12 @@ class Learner:
             sums.update({k: [v] for k, v in self._rollout_mismatch(rows, old_of).items()})
         seq_mode = self.grpo.loss_agg_mode.startswith("seq-mean")
         self.model.train()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(rows) * len(epochs), desc="update rows", unit="row", leave=False, disable=not progress
+        )
+        start, tokens_done = time.perf_counter(), 0
         for minis in epochs:
             for mini in minis:
                 tokens = _all_reduce(float(sum(r.num_loss_tokens for r in mini)))
@@ -405,6 +414,12 @@ class Learner:
                         ref_log_prob=ref, entropy=ent, batch_num_tokens=tokens, seq_weights=seq_w,
                     )  # fmt: skip
                     finite = finite and bool(torch.isfinite(loss))
+                    if real:
+                        bar.update(len(micro))
+                        tokens_done += sum(len(r) for r in micro)
+                        bar.set_postfix(
+                            tokens_s=f"{tokens_done / max(time.perf_counter() - start, 1e-9):,.0f}"
+                        )
                     (loss * self.world_size).backward()  # FSDP averages gradients over ranks (verl's dp_size)
                     for k, v in metrics.items():
                         mini_metrics.setdefault(k, []).append(v)
@@ -418,6 +433,7 @@ class Learner:
                     )
                 for k, v in self._step(finite).items():
                     sums.setdefault(k, []).append(v)
+        bar.close()
         return {k: float(np.sum(v) if k == "skipped_nonfinite" else np.mean(v)) for k, v in sums.items()}
 
     def _rollout_mismatch(self, rows: list[TrainRow], old_of: dict[int, np.ndarray]) -> dict[str, float]:

@@ -64,6 +64,8 @@ class TrainerConfig:
         seed: seeds data order, sampling and updates.
         tensorboard: also write TensorBoard scalars.
         wandb_project: log to W&B when set.
+        progress: progress bars inside each step (rollout turns and turns/s, update rows and
+            training tokens/s) under the steps' bar; False: the steps' bar only.
     """
 
     backend: str = "local"
@@ -77,6 +79,7 @@ class TrainerConfig:
     seed: int = 0
     tensorboard: bool = True
     wandb_project: str | None = None
+    progress: bool = True
 
     def __post_init__(self):
         if self.backend not in ("local", "verl"):
@@ -214,8 +217,9 @@ class GRPOTrainer(PolicyTrainer):
         """Rollout → rewards → advantages → rows → update → engine weights; returns metrics."""
         cfg = self.cfg
         t0 = time.perf_counter()
+        show = cfg.trainer.progress and self.rank == 0
         trajs, failures = run_rollouts(rows, pool=self.pool, engine=self.policy.engine,
-                                       encoder=self.policy.encoder, cfg=cfg.rollout)  # fmt: skip
+                                       encoder=self.policy.encoder, cfg=cfg.rollout, progress=show)  # fmt: skip
         rollout_s = time.perf_counter() - t0
         results = [self.reward(t.episode()) for t in trajs]  # rewards.on_error=raise: fails fast here
         for t, r in zip(trajs, results):
@@ -245,7 +249,7 @@ class GRPOTrainer(PolicyTrainer):
         t1 = time.perf_counter()
         if sum(gather([sum(r.num_loss_tokens for r in train)])) > 0:
             ref = learner.logprobs(train, reference=True) if self.ref_model is not None else None
-            metrics.update(learner.grpo_update(train, ref))
+            metrics.update(learner.grpo_update(train, ref, progress=cfg.trainer.progress and self.rank == 0))
             self.sync_engine(learner)
         update_s = time.perf_counter() - t1
         all_stats = gather(stats)

@@ -358,7 +358,7 @@ def run_rollouts(
         live.append(_Live(TrajectoryRecorder(traj, encoder, cfg), env_id, r, obs))
     # The copies of a row advance together, so one kept encoding per row is enough.
     pieces = ChunkEncodings(size=max(1, len(rows)))
-    bar = tqdm(total=total, desc="rollout turns", unit="turn", disable=not progress)
+    bar = tqdm(total=total, desc="rollout turns", unit="turn", leave=False, disable=not progress)
     finished: list[_Live] = []
     while live:
         requests = [x.recorder.request(x.obs, pieces.get(encoder, x.traj.row, x.obs)) for x in live]

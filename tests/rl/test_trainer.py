@@ -206,3 +206,15 @@ def test_vllm_resume_matches_an_uninterrupted_run(tiny_model_dir, synth_splits, 
     again = _resume_from_step_2(run, tmp_path / "resumed", base)
     for step in (3, 4):
         assert again[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), step
+
+
+def test_progress_bars_inside_a_step_and_quiet_when_off(small_overrides, tmp_path):
+    shown = _train([*small_overrides, "trainer.steps=1", f"trainer.run_dir={tmp_path / 'on'}",
+                    "rl.filter_zero_variance_groups=false"])  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "rollout turns" in shown.stderr and "turn/s" in shown.stderr  # the rollout's bar
+    assert "update rows" in shown.stderr and "tokens_s=" in shown.stderr  # the update's bar
+    quiet = _train([*small_overrides, "trainer.steps=1", f"trainer.run_dir={tmp_path / 'off'}",
+                    "rl.filter_zero_variance_groups=false", "trainer.progress=false"])  # fmt: skip
+    assert quiet.returncode == 0 and "grpo" in quiet.stderr
+    assert "rollout turns" not in quiet.stderr and "update rows" not in quiet.stderr
