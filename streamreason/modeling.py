@@ -344,9 +344,11 @@ def build_reference_config(out_dir: str | Path, size: str = "3b", weights: bool 
     )
 
 
-def attention_backend() -> str:
-    """``"flash_attention_2"`` when flash-attn is importable and CUDA is up, else ``"sdpa"``."""
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+def attention_backend(span_masks: bool = False) -> str:
+    """``"flash_attention_2"`` when flash-attn is importable and CUDA is up, else ``"sdpa"``;
+    always ``"sdpa"`` with ``span_masks`` (``memory.eviction=mask``: FlashAttention takes no
+    arbitrary mask; :mod:`streamreason.rollout.attention`)."""
+    if not span_masks and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
@@ -467,7 +469,10 @@ def require_protocol_tokens(model_dir: str | Path) -> None:
 
 
 def load_policy(
-    model_dir: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"
+    model_dir: str | Path,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    span_masks: bool = False,
 ):
     """Load a Qwen-VL checkpoint directory and its processor, with the protocol tags.
 
@@ -476,6 +481,8 @@ def load_policy(
             Qwen2.5-VL or Qwen3-VL checkpoint.
         dtype: parameter dtype (``"auto"``: the checkpoint's).
         device: where to put the model.
+        span_masks: the model will run span-masked attention (``memory.eviction=mask``): SDPA,
+            never FlashAttention (:func:`attention_backend`).
 
     Returns:
         ``(model, processor)``; the model is in eval mode. Tags the checkpoint lacked are added
@@ -490,7 +497,7 @@ def load_policy(
 
     model_dir = check_model_dir(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation=attention_backend()
+        model_dir, dtype=dtype, attn_implementation=attention_backend(span_masks)
     )
     processor = AutoProcessor.from_pretrained(model_dir)
     add_protocol_tokens(model, processor.tokenizer, f"checkpoint {str(model_dir)!r}")
@@ -513,10 +520,14 @@ def add_protocol_tokens_to_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
 
 def random_policy(
-    model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+    model_dir: str | Path,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    span_masks: bool = False,
 ):
     """A checkpoint folder's architecture with random weights, built directly on ``device``
-    (reference-size benchmarks from :func:`build_reference_config` without weight files).
+    (reference-size benchmarks from :func:`build_reference_config` without weight files);
+    ``span_masks`` as in :func:`load_policy`.
 
     Returns:
         ``(model, processor)``; the model is in eval mode, with the protocol tags
@@ -529,7 +540,7 @@ def random_policy(
 
     model_dir = check_model_dir(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
-    config._attn_implementation = attention_backend()
+    config._attn_implementation = attention_backend(span_masks)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     processor = AutoProcessor.from_pretrained(model_dir)

@@ -106,14 +106,15 @@ def build_policy(
     seed = ec.seed if seed is None else seed
     torch_dtype = getattr(torch, dtype or ec.dtype)
     load = random_policy if ec.load_format == "dummy" else load_policy
+    masked = mem.eviction == "mask"  # span-masked attention: SDPA, never FlashAttention
     if not with_engine:
-        model, processor = load(cfg.model, dtype=torch_dtype, device=device)
+        model, processor = load(cfg.model, dtype=torch_dtype, device=device, span_masks=masked)
         engine = None
     elif ec.name == "vllm":
         check_model_dir(cfg.model)
         model, processor = (None, AutoProcessor.from_pretrained(cfg.model))
         if need_model:
-            model, processor = load(cfg.model, dtype=torch_dtype, device=device)
+            model, processor = load(cfg.model, dtype=torch_dtype, device=device, span_masks=masked)
         engine = make_engine(
             "vllm", model_dir=cfg.model, tokenizer=processor.tokenizer,
             max_videos=video_limit or max_videos(cfg), load_format=ec.load_format,
@@ -121,10 +122,10 @@ def build_policy(
             enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
             skip_mm_profiling=ec.skip_mm_profiling,
             tensor_parallel_size=ec.tensor_parallel_size, seed=seed,
-            span_masks=mem.eviction == "mask", cache_salt=mem.cache_salt,
+            span_masks=masked, cache_salt=mem.cache_salt,
         )  # fmt: skip
     else:
-        model, processor = load(cfg.model, dtype=torch_dtype, device=device)
+        model, processor = load(cfg.model, dtype=torch_dtype, device=device, span_masks=masked)
         engine = make_engine(ec.name, model=model, tokenizer=processor.tokenizer,
                              max_batch_size=ec.max_batch_size, seed=seed)  # fmt: skip
     return PolicyStack(model, processor, make_encoder(processor, cfg.rollout), engine)

@@ -48,3 +48,20 @@ def test_loads_with_auto_classes_and_runs_video(tiny_model_dir):
     assert (
         model.model.visual.patch_embed.proj.weight.grad.abs().sum() > 0
     )  # gradient reaches the vision tower
+
+
+def test_span_masked_models_never_get_flash_attention(monkeypatch):
+    """FlashAttention takes no arbitrary mask: with flash-attn and CUDA present, a model that
+    will run ``memory.eviction=mask`` still loads with SDPA."""
+    import importlib.util
+
+    import torch
+
+    from streamreason.modeling import attention_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else None
+    )
+    assert attention_backend() == "flash_attention_2"
+    assert attention_backend(span_masks=True) == "sdpa"
