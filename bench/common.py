@@ -126,6 +126,16 @@ def videos(s: Setup, n: int, seconds: int, seed: int = 0):
     return rows
 
 
+def reference_encoder(s: Setup):
+    """The watch-think-speak :class:`~streamreason.rollout.chat.ChatEncoder` of the benchmark's
+    model folder (its processor and tokenizer; no weights needed)."""
+    from transformers import AutoProcessor
+
+    from streamreason.stack import make_encoder
+
+    return make_encoder(AutoProcessor.from_pretrained(s.model_dir), rollout_config(s))
+
+
 def stack(s: Setup, engine: str, max_videos: int, seed: int = 0, memory: MemoryConfig | None = None):
     """``(encoder, engine)`` built by :func:`streamreason.stack.build_policy`, as every job builds
     them: the transformers engine (fp32 tiny model, or the reference shape with random bf16

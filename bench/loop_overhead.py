@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import cProfile
 
-from common import InstantEngine, Timer, parser, report, rollout_config, setup, top_functions, videos
-from transformers import AutoProcessor
+from common import (
+    InstantEngine,
+    Timer,
+    parser,
+    reference_encoder,
+    report,
+    rollout_config,
+    setup,
+    top_functions,
+    videos,
+)
 
 from streamreason.envs.pool import EnvPool
-from streamreason.rollout.chat import ChatEncoder
 from streamreason.rollout.loop import run_rollouts
-from streamreason.rollout.protocol import get_protocol
 
 
 def main(argv=None):
@@ -31,7 +38,7 @@ def main(argv=None):
     if s.tiny:
         args.seconds, args.group = 6, 2
     rows = videos(s, 1, args.seconds)
-    encoder = ChatEncoder(AutoProcessor.from_pretrained(s.model_dir), get_protocol("watch_think_speak"))
+    encoder = reference_encoder(s)
     cfg = rollout_config(s, window=20, block=1, group=args.group)
     profile = cProfile.Profile()
     with EnvPool(cfg.env, in_process=True) as pool, Timer() as t:

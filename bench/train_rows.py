@@ -14,14 +14,11 @@ the CPU: the counts do not depend on the device.
 from __future__ import annotations
 
 import numpy as np
-from common import InstantEngine, Timer, parser, report, rollout_config, setup, videos
-from transformers import AutoProcessor
+from common import InstantEngine, Timer, parser, reference_encoder, report, rollout_config, setup, videos
 
 from streamreason.envs.pool import EnvPool
 from streamreason.rl.rows import build_rows
-from streamreason.rollout.chat import ChatEncoder
 from streamreason.rollout.loop import run_rollouts
-from streamreason.rollout.protocol import get_protocol
 
 MEMORIES = [
     ("rewrite, B=1", dict(block=1)),
@@ -39,7 +36,7 @@ def main(argv=None):
     if s.tiny:
         args.seconds, args.window = 8, 3
     rows = videos(s, 1, args.seconds)
-    encoder = ChatEncoder(AutoProcessor.from_pretrained(s.model_dir), get_protocol("watch_think_speak"))
+    encoder = reference_encoder(s)
     table = []
     for name, memory in MEMORIES:
         cfg = rollout_config(s, window=args.window, group=1, **memory)

@@ -538,6 +538,7 @@ class TransformersEngine(Engine):
         )  # [3, B, 1]: the last prompt token's
         seq, valid = ids, mask.bool()
         steps, live = [], torch.ones(b, dtype=torch.bool, device=device)
+        end_ids = torch.tensor(self.end_ids, device=device)
         logits = out.logits[:, -1]
         for t in range(max_new_tokens):
             steps.append(logits)
@@ -545,7 +546,7 @@ class TransformersEngine(Engine):
             nxt = scores.argmax(-1) if greedy else torch.multinomial(torch.softmax(scores, -1), 1)[:, 0]
             nxt = torch.where(live, nxt, torch.full_like(nxt, self.pad_id))
             seq = torch.cat([seq, nxt[:, None]], 1)
-            live &= ~torch.isin(nxt, torch.tensor(self.end_ids, device=device))
+            live &= ~torch.isin(nxt, end_ids)
             if not live.any() or t + 1 == max_new_tokens:
                 break
             valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=device)], 1)

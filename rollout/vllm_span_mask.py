@@ -44,6 +44,7 @@ class _State:
 
     until: torch.Tensor | None = None
     rows: dict[str, torch.Tensor] = {}
+    batch: tuple = ()  # the request order the buffer holds: a decode step with the same batch writes nothing
 
 
 def _request_row(runner, req_id: str) -> torch.Tensor | None:
@@ -66,15 +67,20 @@ def _request_row(runner, req_id: str) -> torch.Tensor | None:
 
 def _fill(runner, num_reqs: int) -> None:
     """Write the batch's rows into the buffer, in the input batch's request order (the order of
-    FlexAttention's ``doc_ids``); forget finished requests."""
+    FlexAttention's ``doc_ids``), unless the buffer holds that batch already (decode steps of
+    the same requests); forget finished requests."""
     if _State.until is None:
         _State.until = torch.full((runner.max_num_reqs, runner.max_model_len + 1), _VISIBLE,
                                   dtype=torch.int32, device=runner.device)  # fmt: skip
+    batch = tuple(runner.input_batch.req_ids[:num_reqs])
+    if batch == _State.batch:
+        return
+    _State.batch = batch
     live = set(runner.requests)
     for gone in [r for r in _State.rows if r not in live]:
         del _State.rows[gone]
     _State.until[:num_reqs].fill_(_VISIBLE)
-    for i, req_id in enumerate(runner.input_batch.req_ids[:num_reqs]):
+    for i, req_id in enumerate(batch):
         row = _request_row(runner, req_id) if req_id is not None else None
         if row is not None:
             _State.until[i, : len(row)] = row
